@@ -1,0 +1,81 @@
+"""Local stand-ins for the outside world: an S3-compatible server and a Segment-compatible receiver.
+
+Used by ``make demo``, the tests and the benchmark. Both listen on free localhost ports.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from braze_currents.receiver import SegmentReceiver
+
+
+class LocalServices:
+    """Start a moto S3 server and a Segment receiver; stop both on exit.
+
+    :param workdir: where the receiver writes what it accepted.
+    :param bucket: a bucket created on the S3 server.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, *, bucket: str = "braze-currents-demo") -> None:
+        self.workdir = Path(workdir)
+        self.bucket = bucket
+        # A fresh random key each time: it is never printed, and nothing real uses it.
+        self.write_key = secrets.token_urlsafe(24)
+        self.accepted_path = self.workdir / "segment-accepted.ndjson"
+        self._moto: Any = None
+        self.receiver: SegmentReceiver | None = None
+
+    def __enter__(self) -> LocalServices:
+        from moto.server import ThreadedMotoServer
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.accepted_path.unlink(missing_ok=True)
+        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._moto.start()
+        host, port = self._moto.get_host_and_port()
+        self.s3_endpoint = f"http://{host}:{port}"
+        self.receiver = SegmentReceiver(write_key=self.write_key, out_path=self.accepted_path).start()
+        self.s3_client().create_bucket(Bucket=self.bucket)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.receiver is not None:
+            self.receiver.stop()
+        if self._moto is not None:
+            self._moto.stop()
+
+    def s3_client(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.s3_endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+    def connection_env(self) -> dict[str, str]:
+        """Return ``AIRFLOW_CONN_*`` variables for the source and Segment connections."""
+        aws = {
+            "conn_type": "aws",
+            "login": "testing",
+            "password": "testing",
+            "extra": {"endpoint_url": self.s3_endpoint, "region_name": "us-east-1"},
+        }
+        segment = {
+            "conn_type": "segment",
+            "host": self.receiver.url,
+            "password": self.write_key,
+            "extra": {"verify_tls": False},
+        }
+        return {
+            "AIRFLOW_CONN_BRAZE_CURRENTS_S3": orjson.dumps(aws).decode(),
+            "AIRFLOW_CONN_SEGMENT_DEFAULT": orjson.dumps(segment).decode(),
+        }

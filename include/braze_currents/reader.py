@@ -1,0 +1,148 @@
+"""List a window's Currents objects in S3 and decode them with fastavro."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import Any
+
+import fastavro
+
+from braze_currents.keys import KeyLayoutError, parse_key, partition_name
+
+log = logging.getLogger(__name__)
+
+REQUIRED_FIELDS = ("id", "time")
+
+
+class DecodeError(Exception):
+    """Raised when an object cannot be decoded as a Currents Avro file; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ListedObject:
+    """One object found under a window's partitions."""
+
+    key: str
+    size: int
+    etag: str
+    event_type: str
+
+
+@dataclasses.dataclass
+class Listing:
+    """What listing a window found: the Avro objects, and what was passed over."""
+
+    objects: list[ListedObject] = dataclasses.field(default_factory=list)
+    ignored_keys: int = 0
+    unknown_event_types: dict[str, int] = dataclasses.field(default_factory=dict)
+    unknown_layouts: int = 0
+
+
+@dataclasses.dataclass
+class DecodedFile:
+    """The records of one object, and the error that stopped decoding early, if any."""
+
+    records: list[dict[str, Any]]
+    codec: str
+    error: str | None = None
+
+
+def _folders(client: Any, bucket: str, prefix: str) -> Iterator[str]:
+    paginator = client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+        for common in page.get("CommonPrefixes", []):
+            yield common["Prefix"]
+
+
+def _integration_folders(client: Any, bucket: str, prefix: str) -> list[str]:
+    """Return the folders that hold ``event_type=`` folders: the prefix itself or its children."""
+    root = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+    children = list(_folders(client, bucket, root))
+    if any(child[len(root) :].startswith("event_type=") for child in children):
+        return [root]
+    return [child for child in children if child[len(root) :].startswith("dataexport.")]
+
+
+def list_window(
+    client: Any, *, bucket: str, prefix: str, hour: datetime, event_types: Iterable[str]
+) -> Listing:
+    """List the objects of partition ``date=<hour>`` for each selected event type.
+
+    Lists one partition folder per event type and integration with a paginator, never the whole
+    bucket. Keys that are not ``.avro`` are counted and ignored; ``event_type=`` folders of types
+    that are not selected and not known are counted so the report can show them.
+
+    :param client: a boto3 S3 client.
+    :param bucket: the bucket Braze writes to.
+    :param prefix: the folder set on the Current (``currents`` by default in Braze).
+    :param hour: the window's start, a UTC hour.
+    :param event_types: the dotted event types to export.
+    """
+    from braze_currents.catalog import field_lists
+
+    selected = list(dict.fromkeys(event_types))
+    listing = Listing()
+    partition = partition_name(hour)
+    paginator = client.get_paginator("list_objects_v2")
+    for folder in _integration_folders(client, bucket, prefix):
+        for type_folder in _folders(client, bucket, folder):
+            name = type_folder[len(folder) :].rstrip("/").removeprefix("event_type=")
+            if name not in field_lists():
+                listing.unknown_event_types[name] = listing.unknown_event_types.get(name, 0) + 1
+        for event_type in selected:
+            partition_prefix = f"{folder}event_type={event_type}/date={partition}/"
+            for page in paginator.paginate(Bucket=bucket, Prefix=partition_prefix):
+                for obj in page.get("Contents", []):
+                    key = obj["Key"]
+                    if not key.endswith(".avro"):
+                        listing.ignored_keys += 1
+                        continue
+                    try:
+                        parsed = parse_key(key)
+                    except KeyLayoutError:
+                        listing.ignored_keys += 1
+                        continue
+                    if parsed.layout == "unknown":
+                        listing.unknown_layouts += 1
+                    listing.objects.append(
+                        ListedObject(key, int(obj.get("Size", 0)), obj.get("ETag", "").strip('"'), event_type)
+                    )
+    listing.objects.sort(key=lambda listed: (listed.event_type, listed.key))
+    return listing
+
+
+def decode(data: bytes, key: str) -> DecodedFile:
+    """Decode one Currents object container file.
+
+    Fields are taken by name, so any writer schema version works. A file that stops decoding part
+    way (a truncated upload) returns the records decoded so far with ``error`` set.
+
+    :param data: the whole object.
+    :param key: the object key, used in error messages.
+    :raises DecodeError: when no record can be decoded: empty object, not Avro, or a schema without
+        the fields every Currents type has.
+    """
+    if not data:
+        raise DecodeError("empty object (0 bytes)")
+    try:
+        reader = fastavro.reader(io.BytesIO(data))
+    except Exception as exc:  # fastavro raises many types for bad headers
+        raise DecodeError(f"not an Avro object container file: {type(exc).__name__}: {exc}") from None
+    schema = reader.writer_schema
+    names = {field["name"] for field in schema.get("fields", [])} if isinstance(schema, dict) else set()
+    missing = [name for name in REQUIRED_FIELDS if name not in names]
+    if missing:
+        raise DecodeError(f"writer schema has no {' or '.join(missing)} field")
+    records: list[dict[str, Any]] = []
+    try:
+        for record in reader:
+            records.append(record)
+    except Exception as exc:
+        reason = f"stopped after {len(records)} records: {type(exc).__name__}: {exc}"
+        log.warning("Decoding %s %s", key, reason)
+        return DecodedFile(records, reader.codec, reason)
+    return DecodedFile(records, reader.codec)

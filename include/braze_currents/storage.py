@@ -1,0 +1,140 @@
+"""Read and write small objects in a local folder or under an ``s3://`` prefix.
+
+Staged chunks, dead letters, reports and the ledger all live in such a location, so a single worker
+can use a folder and a multi-worker deployment an S3 bucket that every worker reaches.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class Store(Protocol):
+    """A place that holds objects by relative name."""
+
+    uri: str
+
+    def put(self, name: str, data: bytes) -> str: ...
+
+    def get(self, name: str) -> bytes: ...
+
+    def exists(self, name: str) -> bool: ...
+
+    def list(self, prefix: str = "") -> Iterator[str]: ...
+
+    def delete(self, name: str) -> None: ...
+
+    def child(self, name: str) -> Store: ...
+
+
+class LocalStore:
+    """Objects as files under a folder; writes are atomic (temporary file, then rename)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self.uri = str(self.root)
+
+    def _path(self, name: str) -> Path:
+        path = (self.root / name).resolve()
+        if self.root.resolve() not in (path, *path.parents):
+            raise ValueError(f"object name {name!r} leaves the store {self.uri!r}")
+        return path
+
+    def put(self, name: str, data: bytes) -> str:
+        path = self._path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return str(path)
+
+    def get(self, name: str) -> bytes:
+        return self._path(name).read_bytes()
+
+    def exists(self, name: str) -> bool:
+        return self._path(name).is_file()
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        base = self._path(prefix) if prefix else self.root.resolve()
+        if base.is_file():
+            yield prefix
+            return
+        if not base.is_dir():
+            return
+        root = self.root.resolve()
+        for path in sorted(base.rglob("*")):
+            if path.is_file() and not path.name.startswith("."):
+                yield path.relative_to(root).as_posix()
+
+    def delete(self, name: str) -> None:
+        self._path(name).unlink(missing_ok=True)
+
+    def child(self, name: str) -> LocalStore:
+        return LocalStore(self._path(name))
+
+
+class S3Store:
+    """Objects under ``s3://bucket/prefix`` through a boto3 S3 client."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str = "") -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+
+    def _key(self, name: str) -> str:
+        if ".." in name.split("/"):
+            raise ValueError(f"object name {name!r} leaves the store {self.uri!r}")
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def put(self, name: str, data: bytes) -> str:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data)
+        return f"s3://{self.bucket}/{self._key(name)}"
+
+    def get(self, name: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"].read()
+
+    def exists(self, name: str) -> bool:
+        response = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(name), MaxKeys=1)
+        return any(obj["Key"] == self._key(name) for obj in response.get("Contents", []))
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        full = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        paginator = self.client.get_paginator("list_objects_v2")
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            for obj in page.get("Contents", []):
+                yield obj["Key"][cut:]
+
+    def delete(self, name: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(name))
+
+    def child(self, name: str) -> S3Store:
+        return S3Store(self.client, self.bucket, self._key(name.strip("/")))
+
+
+def open_store(location: str, s3_client: Callable[[], Any] | None = None) -> Store:
+    """Open a local folder, or an ``s3://bucket/prefix`` location with the client ``s3_client()`` makes.
+
+    :param location: a folder path or an ``s3://`` URI.
+    :param s3_client: a factory for a boto3 S3 client, needed only for ``s3://`` locations.
+    """
+    if location.startswith("s3://"):
+        if s3_client is None:
+            raise ValueError(f"location {location!r} is on S3 but no S3 connection was given")
+        bucket, _, prefix = location[5:].partition("/")
+        if not bucket:
+            raise ValueError(f"location {location!r} names no bucket")
+        return S3Store(s3_client(), bucket, prefix)
+    if "://" in location:
+        raise ValueError(f"location {location!r}: only local folders and s3:// are supported")
+    return LocalStore(location)

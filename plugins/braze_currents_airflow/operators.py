@@ -1,0 +1,370 @@
+"""Operators that wire the braze_currents core to Airflow: list, prepare, upload, summarise."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from functools import cached_property
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
+
+from braze_currents.storage import Store, open_store
+
+
+def _s3_client_factory(aws_conn_id: str) -> Any:
+    def make() -> Any:
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        return S3Hook(aws_conn_id=aws_conn_id).get_conn()
+
+    return make
+
+
+def window_folder(current_name: str, window: str) -> str:
+    """Return the folder of one window inside staging, state and dead-letter locations."""
+    from braze_currents.keys import partition_name
+    from braze_currents.window import parse_hour
+
+    return f"{current_name}/date={partition_name(parse_hour(window))}"
+
+
+class _CurrentsOperator(BaseOperator):
+    """Shared settings: the Current's name and where its staging, state and dead letters live."""
+
+    def __init__(
+        self,
+        *,
+        current_name: str,
+        aws_conn_id: str = "braze_currents_s3",
+        staging: str,
+        state: str,
+        dead_letters: str,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.current_name = current_name
+        self.aws_conn_id = aws_conn_id
+        self.staging = staging
+        self.state = state
+        self.dead_letters = dead_letters
+
+    def store(self, location: str) -> Store:
+        return open_store(location, _s3_client_factory(self.aws_conn_id))
+
+
+class ListWindowFilesOperator(BaseOperator):
+    """List the Currents objects of one hour partition for the selected event types.
+
+    Returns the window and the objects (key, size, ETag, event type) for the prepare step.
+
+    :param aws_conn_id: the AWS connection that reads the Currents bucket.
+    :param bucket: the bucket Braze writes to.
+    :param prefix: the folder set on the Current.
+    :param event_types: the event types to list.
+    :param window: the hour to process; empty for the run's logical date or the last full hour.
+    """
+
+    template_fields: Sequence[str] = ("bucket", "prefix", "window")
+
+    def __init__(
+        self,
+        *,
+        aws_conn_id: str = "braze_currents_s3",
+        bucket: str,
+        prefix: str,
+        event_types: Sequence[str],
+        window: str = "{{ params.window }}",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.aws_conn_id = aws_conn_id
+        self.bucket = bucket
+        self.prefix = prefix
+        self.event_types = list(event_types)
+        self.window = window
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from braze_currents.reader import list_window
+        from braze_currents.window import WindowError, resolve_window
+
+        try:
+            hour = resolve_window(param=self.window or None, logical_date=context["dag_run"].logical_date)
+        except WindowError as exc:
+            raise AirflowFailException(f"param window: {exc}") from None
+        client = _s3_client_factory(self.aws_conn_id)()
+        listing = list_window(
+            client, bucket=self.bucket, prefix=self.prefix, hour=hour, event_types=self.event_types
+        )
+        total = sum(obj.size for obj in listing.objects)
+        self.log.info(
+            "Window %s: %s files (%s bytes) in s3://%s/%s; %s keys ignored",
+            hour.isoformat(),
+            len(listing.objects),
+            total,
+            self.bucket,
+            self.prefix,
+            listing.ignored_keys,
+        )
+        if listing.unknown_event_types:
+            self.log.warning("Unknown event_type= folders: %s", sorted(listing.unknown_event_types))
+        if listing.unknown_layouts:
+            self.log.warning("%s keys have folder levels this version does not know", listing.unknown_layouts)
+        return {
+            "window": hour.isoformat(),
+            "bucket": self.bucket,
+            "objects": [dataclasses.asdict(obj) for obj in listing.objects],
+            "ignored_keys": listing.ignored_keys,
+            "unknown_event_types": listing.unknown_event_types,
+            "unknown_layouts": listing.unknown_layouts,
+        }
+
+
+class PrepareChunksOperator(_CurrentsOperator):
+    """Decode, filter and map a window's files into staged chunks of Segment batch bodies.
+
+    Event data goes to the staging location; XCom holds only references and counts: the return value
+    is the list of chunks (what the upload is mapped over) and the XCom key ``prepared`` holds the
+    window, its counts and the source files for the summary.
+
+    :param listing: the output of :class:`ListWindowFilesOperator`.
+    :param event_types: the event types to send.
+    :param mapping_file: the event mapping file.
+    :param message_id_prefix: text before each Currents id in the messageId.
+    :param integrations: the ``integrations`` object of every batch.
+    :param chunk_events: about how many events one chunk holds.
+    """
+
+    template_fields: Sequence[str] = ("listing",)
+
+    def __init__(
+        self,
+        *,
+        listing: Any,
+        event_types: Sequence[str],
+        mapping_file: str,
+        message_id_prefix: str = "",
+        integrations: dict[str, Any] | None = None,
+        chunk_events: int = 50_000,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.listing = listing
+        self.event_types = list(event_types)
+        self.mapping_file = mapping_file
+        self.message_id_prefix = message_id_prefix
+        self.integrations = {"Braze": False} if integrations is None else integrations
+        self.chunk_events = chunk_events
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from braze_currents.deadletters import to_ndjson
+        from braze_currents.mapping import MappingError, load_mapping
+        from braze_currents.prepare import PrepareSettings, prepare_window
+        from braze_currents.reader import ListedObject
+
+        try:
+            mapping = load_mapping(self.mapping_file)
+        except MappingError as exc:
+            raise AirflowFailException(str(exc)) from None
+        window = self.listing["window"]
+        folder = window_folder(self.current_name, window)
+        objects = [ListedObject(**obj) for obj in self.listing["objects"]]
+        bucket = self.listing["bucket"]
+        client = _s3_client_factory(self.aws_conn_id)()
+
+        def fetch(key: str) -> bytes:
+            return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+        settings = PrepareSettings(
+            event_types=frozenset(self.event_types),
+            message_id_prefix=self.message_id_prefix,
+            integrations=self.integrations,
+            chunk_events=self._chunk_events(objects),
+        )
+        staging = self.store(self.staging)
+        result = prepare_window(
+            objects, fetch, mapping=mapping, settings=settings, staging=staging, folder=folder
+        )
+        self.store(self.dead_letters).put(
+            f"{folder}/prepare-dead-letters.ndjson", to_ndjson(result.dead_letters)
+        )
+        chunks = [{**dataclasses.asdict(chunk), "label": chunk.label()} for chunk in result.chunks]
+        counts = {
+            "files": result.files,
+            "files_failed": result.files_failed,
+            "events_read": result.events_read,
+            "dropped": dict(result.dropped),
+            "dead_lettered_prepare": result.dead_lettered,
+            "staged": result.staged_events,
+            "chunks": len(chunks),
+            "batches": sum(chunk["batches"] for chunk in chunks),
+        }
+        self.log.info(
+            "Window %s: %s files, %s events read, %s staged in %s chunks (%s batches), dropped %s, "
+            "%s dead letters",
+            window,
+            counts["files"],
+            counts["events_read"],
+            counts["staged"],
+            counts["chunks"],
+            counts["batches"],
+            counts["dropped"],
+            len(result.dead_letters),
+        )
+        prepared = {"window": window, "chunks": chunks, "counts": counts, "source_files": result.source_files}
+        context["ti"].xcom_push(key="prepared", value=prepared)
+        return chunks
+
+    def _chunk_events(self, objects: list[Any]) -> int:
+        """Grow the chunk size when a huge window would otherwise fan out past a few hundred tasks."""
+        estimated_events = sum(obj.size for obj in objects) // 150
+        return max(self.chunk_events, -(-estimated_events // 500))
+
+
+class UploadChunkOperator(_CurrentsOperator):
+    """Upload one staged chunk to Segment, resuming after the batches the ledger holds.
+
+    A refused write key (401/403) fails the task at once, without retries; other failures are left to
+    Airflow's retries, and a retry sends only what is not acknowledged yet.
+
+    :param chunk: one entry of the prepare step's ``chunks`` list.
+    :param segment_conn_id: the Segment connection.
+    :param region: ``us`` or ``eu`` when the connection does not say.
+    :param concurrency: requests in flight at once.
+    """
+
+    template_fields: Sequence[str] = ("chunk",)
+
+    def __init__(
+        self,
+        *,
+        chunk: dict[str, Any],
+        segment_conn_id: str = "segment_default",
+        region: str = "us",
+        concurrency: int = 4,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.chunk = chunk
+        self.segment_conn_id = segment_conn_id
+        self.region = region
+        self.concurrency = concurrency
+
+    @cached_property
+    def hook(self) -> Any:
+        from braze_currents_airflow.hooks import SegmentHook
+
+        return SegmentHook(segment_conn_id=self.segment_conn_id, region=self.region)
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from braze_currents.segment_client import SegmentAuthError, SegmentError
+        from braze_currents.upload import upload_chunk
+
+        context["chunk_label"] = self.chunk.get("label", self.chunk["chunk_id"])
+        try:
+            client = self.hook.get_client(pool_size=self.concurrency)
+        except ValueError as exc:
+            raise AirflowFailException(str(exc)) from None
+        try:
+            result = upload_chunk(
+                client,
+                staging=self.store(self.staging),
+                state=self.store(self.state),
+                chunk_name=self.chunk["name"],
+                concurrency=self.concurrency,
+            )
+        except SegmentAuthError as exc:
+            raise AirflowFailException(
+                f"{exc}: check the write key in {self.hook.describe()} and its region; not retrying"
+            ) from None
+        except SegmentError as exc:
+            self.log.error("Chunk %s failed: %s", self.chunk["chunk_id"], exc)
+            raise
+        finally:
+            client.close()
+        self.log.info(
+            "Chunk %s: %s batches (%s already acknowledged), %s events sent, %s dead letters, %s requests",
+            self.chunk["chunk_id"],
+            result.batches,
+            result.skipped_batches,
+            result.sent,
+            len(result.dead_letters),
+            result.requests,
+        )
+        return {
+            "chunk_id": self.chunk["chunk_id"],
+            "sent": result.sent,
+            "dead_letters": len(result.dead_letters),
+        }
+
+
+class SummariseWindowOperator(_CurrentsOperator):
+    """Account for every event of a window, write its report and dead letters, tidy staging.
+
+    Checks that events read = sent + dropped (by reason) + dead-lettered; a window that does not
+    balance fails. A window with dead letters fails too unless ``on_dead_letters`` is ``warn``.
+
+    :param prepared: the output of :class:`PrepareChunksOperator`.
+    :param on_dead_letters: ``fail`` (the default: losses are visible in the UI) or ``warn``.
+    :param keep_staged: keep staged chunks after the window is acknowledged.
+    """
+
+    template_fields: Sequence[str] = ("prepared",)
+
+    def __init__(
+        self,
+        *,
+        prepared: Any,
+        listing: Any = None,
+        on_dead_letters: str = "fail",
+        keep_staged: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if on_dead_letters not in ("fail", "warn"):
+            raise ValueError(f"on_dead_letters must be 'fail' or 'warn', got {on_dead_letters!r}")
+        self.prepared = prepared
+        self.listing = listing
+        self.on_dead_letters = on_dead_letters
+        self.keep_staged = keep_staged
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from braze_currents.report import summarise_window
+
+        staging, state, letters = (
+            self.store(self.staging),
+            self.store(self.state),
+            self.store(self.dead_letters),
+        )
+        folder = window_folder(self.current_name, self.prepared["window"])
+        report = summarise_window(
+            self.prepared,
+            self.listing or {},
+            staging=staging,
+            state=state,
+            dead_letters=letters,
+            folder=folder,
+            keep_staged=self.keep_staged,
+        )
+        counts = report["counts"]
+        self.log.info(
+            "Window %s: files=%s read=%s sent=%s dropped=%s dead_lettered=%s batches=%s",
+            report["window"],
+            counts["files"],
+            counts["events_read"],
+            counts["sent"],
+            counts["dropped"],
+            counts["dead_lettered"],
+            counts["batches"],
+        )
+        if not report["balanced"]:
+            raise AirflowFailException(f"window {report['window']} does not balance: {report['balance']}")
+        if report["dead_letters"] and self.on_dead_letters == "fail":
+            raise AirflowFailException(
+                f"window {report['window']} has {report['dead_letters']} dead letters; see "
+                f"{letters.uri}/{folder}/dead_letters.ndjson; on_dead_letters: warn lets such windows pass"
+            )
+        if report["dead_letters"]:
+            self.log.warning("Window %s has %s dead letters", report["window"], report["dead_letters"])
+        return report
