@@ -310,7 +310,7 @@ class SummariseWindowOperator(_CurrentsOperator):
     :param keep_staged: keep staged chunks after the window is acknowledged.
     """
 
-    template_fields: Sequence[str] = ("prepared",)
+    template_fields: Sequence[str] = ("prepared", "listing")
 
     def __init__(
         self,

@@ -1,0 +1,116 @@
+"""Shared test helpers: a generated window in the moto server and what Segment should end up with."""
+
+from __future__ import annotations
+
+import io
+import random
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import yaml
+
+from braze_currents.generator import avro_schema, encode_avro, generate_records, s3_put, write_window
+from braze_currents.keys import build_key
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFIX = "currents"
+TYPES = (
+    "users.messages.email.Send",
+    "users.messages.email.Open",
+    "users.messages.sms.Delivery",
+    "users.messages.pushnotification.Send",
+    "users.canvas.Entry",
+)
+
+
+def expected_ids(records: list[dict[str, Any]], seen: set[str]) -> set[str]:
+    """The ids the pipeline must send: external id present, first occurrence only."""
+    out = set()
+    for record in records:
+        external = record.get("external_user_id")
+        if external is None or not external.strip() or record["id"] in seen:
+            continue
+        seen.add(record["id"])
+        out.add(record["id"])
+    return out
+
+
+def decode_prefix(data: bytes) -> list[dict[str, Any]]:
+    """Decode as many records as a (possibly truncated) file yields."""
+    records = []
+    try:
+        for record in fastavro.reader(io.BytesIO(data)):
+            records.append(record)
+    except Exception:
+        pass
+    return records
+
+
+def write_hostile_window(client: Any, bucket: str, hour: datetime, *, events_per_type: int = 400) -> dict:
+    """Write one hour with nulls, duplicates, a 40 KB event and a truncated file; return expectations."""
+    put = s3_put(client, bucket)
+    written: dict[str, bytes] = {}
+
+    def keep(key: str, data: bytes) -> None:
+        written[key] = data
+        put(key, data)
+
+    files = write_window(keep, prefix=PREFIX, hour=hour, event_types=TYPES, events_per_type=events_per_type)
+    seen: set[str] = set()
+    expected: set[str] = set()
+    read = 0
+    for generated in files:
+        records = decode_prefix(written[generated.key])
+        read += len(records)
+        expected |= expected_ids(records, seen)
+
+    rng = random.Random(7)
+    big = generate_records("users.messages.email.Send", 3, hour=hour, rng=rng, null_external_ratio=0)
+    for record in big:
+        record["external_user_id"] = "cust-big"
+    big[1]["campaign_name"] = "x" * 40_000
+    big_key = build_key(prefix=PREFIX, integration_id="a" * 24, event_type=TYPES[0], hour=hour, offset=1)
+    put(big_key, encode_avro(big, avro_schema(TYPES[0])))
+    read += 3
+    expected |= {big[0]["id"], big[2]["id"]}
+
+    many = generate_records("users.canvas.Entry", 3000, hour=hour, rng=rng, null_external_ratio=0)
+    data = encode_avro(many, avro_schema("users.canvas.Entry"), block_size=500)
+    truncated = data[: len(data) * 2 // 3]
+    cut_key = build_key(
+        prefix=PREFIX, integration_id="b" * 24, event_type="users.canvas.Entry", hour=hour, offset=9
+    )
+    put(cut_key, truncated)
+    survivors = decode_prefix(truncated)
+    assert 0 < len(survivors) < len(many)
+    read += len(survivors)
+    expected |= expected_ids(survivors, seen)
+    return {
+        "expected_ids": expected,
+        "read": read,
+        "big_id": big[1]["id"],
+        "truncated_key": cut_key,
+        "files": len(files) + 2,
+    }
+
+
+def write_config(path: Path, *, bucket: str, workdir: Path, **overrides: Any) -> Path:
+    """Write an exports config for one Current named ``test`` that uses ``workdir`` for its state."""
+    entry = {
+        "name": "test",
+        "start_date": "2026-01-01T00:00:00Z",
+        "source": {"conn_id": "braze_currents_s3", "bucket": bucket, "prefix": PREFIX},
+        "event_types": list(TYPES),
+        "segment": {"conn_id": "segment_default", "region": "us"},
+        "staging": str(workdir / "staging"),
+        "dead_letters": str(workdir / "dead_letters"),
+        "state": str(workdir / "state"),
+        "mapping_file": str(ROOT / "include" / "segment_mapping.yaml"),
+        "chunk_events": 2500,
+        "retries": 0,
+        **overrides,
+    }
+    path.write_text(yaml.safe_dump({"currents": [entry]}))
+    return path
