@@ -163,7 +163,8 @@ def prepare_window(
     :param settings: batching and filtering settings.
     :param staging: where chunks are written.
     :param folder: the window's folder inside ``staging``.
-    :param seen_ids: ids already delivered for this window; they are dropped as ``already_sent``.
+    :param seen_ids: messageIds the ledger records as delivered; such events are dropped as
+        ``already_sent``, so a rerun never sends an event twice.
     """
     result = PrepareResult()
     writer = _ChunkWriter(staging, folder, settings, result)
@@ -212,7 +213,7 @@ def prepare_window(
                 result.dropped[DROP_DUPLICATE] += 1
                 continue
             seen_add(event_id)
-            if event_id in already_sent:
+            if already_sent and settings.message_id_prefix + event_id in already_sent:
                 result.dropped[DROP_ALREADY_SENT] += 1
                 continue
             try:

@@ -12,6 +12,12 @@ from braze_currents.storage import Store
 from braze_currents.upload import load_acks
 
 
+def done_files(state: Store, folder: str) -> list[dict[str, Any]]:
+    """Return the source files the ledger records as fully accounted for in a window."""
+    name = f"{folder}/files.json"
+    return orjson.loads(state.get(name)) if state.exists(name) else []
+
+
 def summarise_window(
     prepared: dict[str, Any],
     listing: dict[str, Any],
@@ -70,7 +76,9 @@ def summarise_window(
     dead_letters.put(f"{folder}/dead_letters.ndjson", to_ndjson(letters))
     dead_letters.put(f"{folder}/report.json", orjson.dumps(report, option=orjson.OPT_INDENT_2))
     if report["balanced"]:
-        state.put(f"{folder}/files.json", orjson.dumps(report["files"], option=orjson.OPT_INDENT_2))
+        done = {entry["key"]: entry for entry in done_files(state, folder)}
+        done.update((entry["key"], entry) for entry in report["files"])
+        state.put(f"{folder}/files.json", orjson.dumps(list(done.values()), option=orjson.OPT_INDENT_2))
         if not keep_staged:
             for chunk in prepared["chunks"]:
                 staging.delete(chunk["name"])

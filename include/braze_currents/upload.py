@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
@@ -20,31 +19,47 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class ChunkAcks:
-    """What the ledger records of one chunk: acknowledged batches and per-outcome counts."""
+    """What the ledger records of one chunk: acknowledged batches, events sent and dead letters."""
 
     acked: set[int] = dataclasses.field(default_factory=set)
     sent: int = 0
     dead_letters: list[DeadLetter] = dataclasses.field(default_factory=list)
 
-    def to_json(self) -> bytes:
-        letters = [dataclasses.asdict(letter) for letter in self.dead_letters]
-        return orjson.dumps({"acked": sorted(self.acked), "sent": self.sent, "dead_letters": letters})
 
-    @classmethod
-    def from_json(cls, data: bytes) -> ChunkAcks:
-        doc = orjson.loads(data)
-        return cls(set(doc["acked"]), doc["sent"], [DeadLetter(**d) for d in doc["dead_letters"]])
+def acks_prefix(chunk_name: str) -> str:
+    """Return the ledger folder of a chunk: one write-once object per acknowledged batch."""
+    return chunk_name.removesuffix(".ndjson") + ".acks/"
 
 
-def acks_name(chunk_name: str) -> str:
-    """Return the ledger object that records a chunk's acknowledged batches."""
-    return chunk_name.removesuffix(".ndjson") + ".acks.json"
+def _ack_index(name: str) -> int:
+    return int(name.rsplit("/", 1)[-1].removesuffix(".json"))
+
+
+def acked_batches(state: Store, chunk_name: str) -> set[int]:
+    """Return the indexes of a chunk's batches that Segment acknowledged."""
+    return {_ack_index(name) for name in state.list(acks_prefix(chunk_name)) if name.endswith(".json")}
 
 
 def load_acks(state: Store, chunk_name: str) -> ChunkAcks:
-    """Read a chunk's acknowledgements from the ledger (empty when it was never uploaded)."""
-    name = acks_name(chunk_name)
-    return ChunkAcks.from_json(state.get(name)) if state.exists(name) else ChunkAcks()
+    """Read everything the ledger holds for a chunk (empty when it was never uploaded)."""
+    acks = ChunkAcks()
+    for name in state.list(acks_prefix(chunk_name)):
+        if not name.endswith(".json"):
+            continue
+        doc = orjson.loads(state.get(name))
+        acks.acked.add(_ack_index(name))
+        acks.sent += len(doc["ids"])
+        acks.dead_letters.extend(DeadLetter(**letter) for letter in doc["dead_letters"])
+    return acks
+
+
+def sent_ids(state: Store, folder: str) -> set[str]:
+    """Return every messageId the ledger records as acknowledged under a window's folder."""
+    ids: set[str] = set()
+    for name in state.list(folder):
+        if ".acks/" in name and name.endswith(".json"):
+            ids.update(orjson.loads(state.get(name))["ids"])
+    return ids
 
 
 @dataclasses.dataclass
@@ -80,9 +95,10 @@ def upload_chunk(
 ) -> UploadResult:
     """Send the batches of one staged chunk that the ledger does not hold yet.
 
-    Each acknowledged batch is written to the ledger before the next result is taken, so a task that
-    dies mid-upload resumes after the last acknowledged batch. A batch Segment refuses (400/413) is
-    split in halves until the refused event is alone; that event becomes a dead letter.
+    Each acknowledged batch is written to the ledger as its own write-once object holding the
+    messageIds Segment took, so a task that dies mid-upload resumes after the acknowledged batches,
+    and later runs of the window know exactly which events were delivered. A batch Segment refuses
+    (400/413) is split in halves until the refused event is alone; that event becomes a dead letter.
 
     :param client: the Segment client.
     :param staging: where the chunk was staged.
@@ -92,19 +108,18 @@ def upload_chunk(
     :param before_batch: called with each batch index before it is sent (a hook for rate limits).
     """
     bodies = staging.get(chunk_name).splitlines()
-    acks = load_acks(state, chunk_name)
-    pending = [index for index in range(len(bodies)) if index not in acks.acked]
+    done = acked_batches(state, chunk_name)
+    pending = [index for index in range(len(bodies)) if index not in done]
     sources = _sources(staging, chunk_name)
-    lock = threading.Lock()
     requests_before = client.stats.requests
 
     def offset_of(index: int) -> int:
         return sum(len(message_ids(bodies[i])) for i in range(index))
 
-    def send_isolating(body: bytes, first_event: int) -> tuple[int, list[DeadLetter]]:
+    def send_isolating(body: bytes, first_event: int) -> tuple[list[str], list[DeadLetter]]:
         try:
             client.send(body)
-            return len(message_ids(body)), []
+            return message_ids(body), []
         except SegmentRejectedError as exc:
             halves = split_body(body)
             if halves is None:
@@ -114,7 +129,7 @@ def upload_chunk(
                 letter = DeadLetter(
                     "rejected_by_segment", doc["files"][file_index], None, event_id, row, exc.detail[:200]
                 )
-                return 0, [letter]
+                return [], [letter]
             size = len(message_ids(halves[0]))
             sent_a, letters_a = send_isolating(halves[0], first_event)
             sent_b, letters_b = send_isolating(halves[1], first_event + size)
@@ -125,17 +140,14 @@ def upload_chunk(
             before_batch(index)
         try:
             client.send(bodies[index])
-            sent, letters = len(message_ids(bodies[index])), []
+            sent, letters = message_ids(bodies[index]), []
         except SegmentRejectedError:
             log.warning(
-                "Segment refused batch %s of %s; splitting it to find the refused events", index, chunk_name
+                "Segment refused batch %s of %s; splitting it to isolate the event", index, chunk_name
             )
             sent, letters = send_isolating(bodies[index], offset_of(index))
-        with lock:
-            acks.acked.add(index)
-            acks.sent += sent
-            acks.dead_letters.extend(letters)
-            state.put(acks_name(chunk_name), acks.to_json())
+        record = {"ids": sent, "dead_letters": [dataclasses.asdict(letter) for letter in letters]}
+        state.put(f"{acks_prefix(chunk_name)}{index:05d}.json", orjson.dumps(record))
 
     if pending:
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
@@ -147,6 +159,7 @@ def upload_chunk(
                 if future.done() and not future.cancelled() and future.exception() is not None:
                     raise future.exception()
 
+    acks = load_acks(state, chunk_name)
     return UploadResult(
         batches=len(bodies),
         skipped_batches=len(bodies) - len(pending),

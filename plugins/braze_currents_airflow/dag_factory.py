@@ -48,6 +48,11 @@ def build_dag(current: CurrentConfig) -> DAG:
         ),
         tags=["braze", "currents", "segment", *current.tags],
         params={
+            "force": Param(
+                False,
+                type="boolean",
+                description="Re-send the whole window even where the ledger records it as delivered",
+            ),
             "window": Param(
                 "",
                 type="string",

@@ -162,6 +162,8 @@ class PrepareChunksOperator(_CurrentsOperator):
         from braze_currents.mapping import MappingError, load_mapping
         from braze_currents.prepare import PrepareSettings, prepare_window
         from braze_currents.reader import ListedObject
+        from braze_currents.report import done_files
+        from braze_currents.upload import sent_ids
 
         try:
             mapping = load_mapping(self.mapping_file)
@@ -176,6 +178,27 @@ class PrepareChunksOperator(_CurrentsOperator):
         def fetch(key: str) -> bytes:
             return client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
+        state = self.store(self.state)
+        force = bool(context["params"].get("force", False))
+        if force:
+            # A forced run re-sends on purpose: its chunks and ledger entries get a folder of their own.
+            folder = f"{folder}/force-{context['run_id']}".replace(":", "-").replace("+", "-")
+            already_sent: set[str] = set()
+            skipped = []
+        else:
+            done = {
+                (entry["key"], entry.get("etag"))
+                for entry in done_files(state, window_folder(self.current_name, window))
+            }
+            skipped = [obj for obj in objects if (obj.key, obj.etag) in done]
+            objects = [obj for obj in objects if (obj.key, obj.etag) not in done]
+            already_sent = sent_ids(state, window_folder(self.current_name, window))
+            self.log.info(
+                "Window %s: %s files already done, %s events already acknowledged; sending the rest",
+                window,
+                len(skipped),
+                len(already_sent),
+            )
         settings = PrepareSettings(
             event_types=frozenset(self.event_types),
             message_id_prefix=self.message_id_prefix,
@@ -184,7 +207,13 @@ class PrepareChunksOperator(_CurrentsOperator):
         )
         staging = self.store(self.staging)
         result = prepare_window(
-            objects, fetch, mapping=mapping, settings=settings, staging=staging, folder=folder
+            objects,
+            fetch,
+            mapping=mapping,
+            settings=settings,
+            staging=staging,
+            folder=folder,
+            seen_ids=already_sent,
         )
         self.store(self.dead_letters).put(
             f"{folder}/prepare-dead-letters.ndjson", to_ndjson(result.dead_letters)
@@ -193,6 +222,7 @@ class PrepareChunksOperator(_CurrentsOperator):
         counts = {
             "files": result.files,
             "files_failed": result.files_failed,
+            "files_already_done": len(skipped),
             "events_read": result.events_read,
             "dropped": dict(result.dropped),
             "dead_lettered_prepare": result.dead_lettered,
@@ -212,7 +242,13 @@ class PrepareChunksOperator(_CurrentsOperator):
             counts["dropped"],
             len(result.dead_letters),
         )
-        prepared = {"window": window, "chunks": chunks, "counts": counts, "source_files": result.source_files}
+        prepared = {
+            "window": window,
+            "folder": folder,
+            "chunks": chunks,
+            "counts": counts,
+            "source_files": result.source_files,
+        }
         context["ti"].xcom_push(key="prepared", value=prepared)
         return chunks
 
