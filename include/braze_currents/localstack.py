@@ -32,8 +32,11 @@ class LocalServices:
         self.receiver: SegmentReceiver | None = None
 
     def __enter__(self) -> LocalServices:
+        import logging
+
         from moto.server import ThreadedMotoServer
 
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's access log: one line per request
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.accepted_path.unlink(missing_ok=True)
         self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

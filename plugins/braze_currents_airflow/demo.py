@@ -82,7 +82,6 @@ def main() -> int:
     hours = [last_full_hour - timedelta(hours=n) for n in (2, 1, 0)]
     failures = 0
     with LocalServices(WORKDIR / "services") as services:
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's access log, one line per request
         os.environ.update(services.connection_env())
         _write_config(services.bucket)
         put = s3_put(services.s3_client(), services.bucket)
