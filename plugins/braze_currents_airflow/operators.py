@@ -157,7 +157,7 @@ class PrepareChunksOperator(_CurrentsOperator):
         self.integrations = {"Braze": False} if integrations is None else integrations
         self.chunk_events = chunk_events
 
-    def execute(self, context: Any) -> dict[str, Any]:
+    def execute(self, context: Any) -> list[dict[str, Any]]:
         from braze_currents.deadletters import to_ndjson
         from braze_currents.mapping import MappingError, load_mapping
         from braze_currents.prepare import PrepareSettings, prepare_window
@@ -170,7 +170,8 @@ class PrepareChunksOperator(_CurrentsOperator):
         except MappingError as exc:
             raise AirflowFailException(str(exc)) from None
         window = self.listing["window"]
-        folder = window_folder(self.current_name, window)
+        window_dir = window_folder(self.current_name, window)
+        folder = window_dir
         objects = [ListedObject(**obj) for obj in self.listing["objects"]]
         bucket = self.listing["bucket"]
         client = _s3_client_factory(self.aws_conn_id)()
@@ -186,13 +187,10 @@ class PrepareChunksOperator(_CurrentsOperator):
             already_sent: set[str] = set()
             skipped = []
         else:
-            done = {
-                (entry["key"], entry.get("etag"))
-                for entry in done_files(state, window_folder(self.current_name, window))
-            }
+            done = {(entry["key"], entry.get("etag")) for entry in done_files(state, window_dir)}
             skipped = [obj for obj in objects if (obj.key, obj.etag) in done]
             objects = [obj for obj in objects if (obj.key, obj.etag) not in done]
-            already_sent = sent_ids(state, window_folder(self.current_name, window))
+            already_sent = sent_ids(state, window_dir)
             self.log.info(
                 "Window %s: %s files already done, %s events already acknowledged; sending the rest",
                 window,
@@ -215,8 +213,9 @@ class PrepareChunksOperator(_CurrentsOperator):
             folder=folder,
             seen_ids=already_sent,
         )
+        # Dead letters stay in the window's own folder, forced run or not: the summary reads them there.
         self.store(self.dead_letters).put(
-            f"{folder}/prepare-dead-letters.ndjson", to_ndjson(result.dead_letters)
+            f"{window_dir}/prepare-dead-letters.ndjson", to_ndjson(result.dead_letters)
         )
         chunks = [{**dataclasses.asdict(chunk), "label": chunk.label()} for chunk in result.chunks]
         counts = {
