@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint format clean
+.PHONY: venv demo test lint format clean airflow test-e2e chromium
 
 venv: $(STAMP)
 
@@ -21,7 +21,23 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --ignore=tests/e2e --ignore=tests/ui
+
+# Airflow on localhost with PostgreSQL (README: "make airflow"); AIRFLOW_ARGS=--help lists the options.
+airflow: $(STAMP)
+	$(BIN)/python -m braze_currents_airflow.local_airflow $(AIRFLOW_ARGS)
+
+# Real deployments (PostgreSQL, Redis, Celery workers) and the UI tests in Debian's Chromium.
+test-e2e: $(STAMP) chromium
+	$(BIN)/python -m pytest -q tests/e2e $(wildcard tests/ui)
+
+chromium:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "Chromium is missing: sudo apt-get install chromium chromium-driver" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends chromium chromium-driver; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -59,6 +59,29 @@ class BatchBuilder:
             closed.append(self.flush())
         return closed
 
+    def extend(self, events: list[bytes]) -> list[bytes]:
+        """Add serialised messages in order, as :meth:`add` would; return the batches they closed.
+
+        :param events: messages serialised as JSON, each at most :data:`MAX_EVENT_BYTES` long.
+        """
+        closed = []
+        pending, size = self._events, self._size
+        max_events, max_bytes = self.max_events, self.max_bytes
+        for event in events:
+            length = len(event)
+            if length > MAX_EVENT_BYTES:
+                raise ValueError(f"event of {length} bytes is over Segment's {MAX_EVENT_BYTES}-byte limit")
+            if pending and size + 1 + length > max_bytes:
+                closed.append(self.head + b",".join(pending) + self.tail)
+                pending, size = [], len(self.head) + len(self.tail)
+            size += length + (1 if pending else 0)
+            pending.append(event)
+            if len(pending) >= max_events:
+                closed.append(self.head + b",".join(pending) + self.tail)
+                pending, size = [], len(self.head) + len(self.tail)
+        self._events, self._size = pending, size
+        return closed
+
     def flush(self) -> bytes | None:
         """Return the pending batch, if any, and start a new one."""
         if not self._events:

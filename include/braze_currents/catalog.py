@@ -44,6 +44,20 @@ def canonical_event_type(name: str) -> str:
     by_lower.update({known.lower().replace(".", "_"): known for known in field_lists()})
     if cleaned.lower() in by_lower:
         return by_lower[cleaned.lower()]
-    close = [known for known in field_lists() if cleaned.lower().split(".")[-1] in known.lower()]
-    hint = f"; did you mean {', '.join(close[:3])}?" if close else ""
-    raise UnknownEventTypeError(f"unknown Currents event type {name!r}{hint}")
+    import difflib
+
+    # Compare in lower case with dots, so 'users_messages_email_opn' finds users.messages.email.Open too.
+    wanted = cleaned.lower().replace("_", ".")
+    close = difflib.get_close_matches(wanted, sorted(by_lower), n=1, cutoff=0.75)
+    suggestions = list(dict.fromkeys(by_lower[match] for match in close))
+    if not suggestions:
+        suggestions = [known for known in field_lists() if wanted.split(".")[-1] in known.lower()][:3]
+    hint = f"; did you mean {', '.join(suggestions)}?" if suggestions else ""
+    raise UnknownEventTypeError(
+        f"unknown Currents event type {name!r}{hint} "
+        "(write 'all'; `python -m braze_currents.catalog` lists every type)"
+    )
+
+
+if __name__ == "__main__":
+    print("\n".join(all_event_types()))

@@ -34,10 +34,13 @@ _KEYS = {
     "tags": "extra DAG tags",
     "on_dead_letters": "'fail' (default: a window with dead letters fails, visibly) or 'warn'",
     "keep_staged": "keep staged chunks after their window is acknowledged (they hold personal data)",
+    "staged_retention_hours": "hours staged chunks are kept after their window is acknowledged (default 0)",
+    "lookback_hours": "earlier hour partitions each run checks for files that landed late (default 3)",
 }
 _SOURCE_KEYS = {"conn_id", "bucket", "prefix"}
 _SEGMENT_KEYS = {"conn_id", "region"}
 REGIONS = ("us", "eu")
+_START_EXAMPLE = "start_date: '2026-12-01T00:00:00Z'"
 
 
 class ConfigError(ValueError):
@@ -70,6 +73,8 @@ class CurrentConfig:
     tags: tuple[str, ...] = ()
     on_dead_letters: str = "fail"
     keep_staged: bool = False
+    staged_retention_hours: int = 0
+    lookback_hours: int = 3
 
     @property
     def dag_id(self) -> str:
@@ -104,6 +109,13 @@ def _int(entry: dict, key: str, where: str, default: int, low: int, high: int) -
     return value
 
 
+def _bool(entry: dict, key: str, where: str) -> bool:
+    value = entry.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}.{key}: write true or false (without quotes), got {value!r}")
+    return value
+
+
 def _unknown(keys: set, allowed: set, where: str) -> None:
     unknown = sorted(str(key) for key in keys - allowed)
     if unknown:
@@ -135,6 +147,8 @@ def parse_current(entry: Any, index: int, base: Path) -> CurrentConfig:
     _unknown(set(entry), set(_KEYS), where)
 
     start = entry.get("start_date")
+    if start is None:
+        raise ConfigError(f"{where}.start_date: missing; add the first hour to export, e.g. {_START_EXAMPLE}")
     if isinstance(start, datetime):
         start_date = start if start.tzinfo else start.replace(tzinfo=UTC)
     else:
@@ -147,12 +161,22 @@ def parse_current(entry: Any, index: int, base: Path) -> CurrentConfig:
     start_date = start_date.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
     source = entry.get("source")
+    if source is None:
+        raise ConfigError(f"{where}.source: missing; add e.g. source: {{bucket: my-braze-currents}}")
     if not isinstance(source, dict):
-        raise ConfigError(f"{where}.source: {_KEYS['source']}")
+        raise ConfigError(f"{where}.source: {_KEYS['source']}; got {source!r}")
     _unknown(set(source), _SOURCE_KEYS, f"{where}.source")
     bucket = source.get("bucket")
+    if bucket is None:
+        raise ConfigError(
+            f"{where}.source.bucket: missing; add the S3 bucket Braze writes to under source, "
+            "e.g. source: {bucket: my-braze-currents}"
+        )
     if not isinstance(bucket, str) or not re.match(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$", bucket):
-        raise ConfigError(f"{where}.source.bucket: give the S3 bucket Braze writes to (a valid bucket name)")
+        raise ConfigError(
+            f"{where}.source.bucket: {bucket!r} is not an S3 bucket name; write the bucket alone "
+            "(3-63 lower-case letters, digits, dots, hyphens), without s3:// or a folder"
+        )
     prefix = source.get("prefix", "currents")
     if not isinstance(prefix, str):
         raise ConfigError(f"{where}.source.prefix: the folder set on the Current, e.g. 'currents'")
@@ -175,7 +199,8 @@ def parse_current(entry: Any, index: int, base: Path) -> CurrentConfig:
     region = segment.get("region", "us")
     if region not in REGIONS:
         raise ConfigError(
-            f"{where}.segment.region: must be 'us' or 'eu' (the region of the Segment workspace)"
+            f"{where}.segment.region: must be 'us' or 'eu' (the region of the Segment workspace), "
+            f"got {region!r}"
         )
 
     home = Path(os.environ.get("AIRFLOW_HOME", "~/airflow")).expanduser() / "braze_currents" / name
@@ -212,19 +237,38 @@ def parse_current(entry: Any, index: int, base: Path) -> CurrentConfig:
         chunk_events=_int(entry, "chunk_events", where, 50_000, 2_500, 1_000_000),
         upload_concurrency=_int(entry, "upload_concurrency", where, 4, 1, 32),
         retries=_int(entry, "retries", where, 3, 0, 20),
-        catchup=bool(entry.get("catchup", False)),
+        catchup=_bool(entry, "catchup", where),
         max_active_runs=_int(entry, "max_active_runs", where, 4, 1, 64),
         tags=tuple(str(tag) for tag in tags),
         on_dead_letters=on_dead_letters,
-        keep_staged=bool(entry.get("keep_staged", False)),
+        keep_staged=_bool(entry, "keep_staged", where),
+        staged_retention_hours=_int(entry, "staged_retention_hours", where, 0, 0, 24 * 30),
+        lookback_hours=_int(entry, "lookback_hours", where, 3, 0, 72),
     )
 
 
-def load_config(path: str | Path | None = None) -> list[CurrentConfig]:
-    """Read the config file and check every Current in it.
+@dataclasses.dataclass(frozen=True)
+class ConfigCheck:
+    """The outcome of checking a config file: the Currents that passed, one message per one that did not."""
+
+    path: Path
+    currents: list[CurrentConfig]
+    errors: list[str]
+
+    def summary(self) -> str:
+        """Return one message listing every problem, for an import error or a log line."""
+        count = len(self.errors)
+        lines = [f"{self.path}: {count} problem{'s' if count > 1 else ''} in the exports config"]
+        return "\n".join([*lines, *(f"- {error}" for error in self.errors)])
+
+
+def check_config(path: str | Path | None = None) -> ConfigCheck:
+    """Check every Current of the config file on its own, so one bad entry does not hide the others.
+
+    A file that cannot be read or has no ``currents:`` list gives a single error and no Currents. A
+    Current whose name an earlier entry already uses is an error; the earlier entry keeps its DAG.
 
     :param path: the file; defaults to :func:`default_config_path`.
-    :raises ConfigError: naming the file, the Current and the key at fault.
     """
     import yaml
 
@@ -232,15 +276,46 @@ def load_config(path: str | Path | None = None) -> list[CurrentConfig]:
     try:
         data = yaml.safe_load(config_path.read_text("utf-8"))
     except OSError as exc:
-        raise ConfigError(f"cannot read the exports config {config_path}: {exc.strerror}") from None
+        return ConfigCheck(config_path, [], [f"cannot read the exports config: {exc.strerror}"])
     except yaml.YAMLError as exc:
-        raise ConfigError(f"the exports config {config_path} is not valid YAML: {exc}") from None
+        return ConfigCheck(config_path, [], [f"not valid YAML: {exc}"])
     if not isinstance(data, dict) or not isinstance(data.get("currents"), list):
-        raise ConfigError(f"{config_path}: expected a top-level 'currents:' list with one entry per Current")
-    _unknown(set(data), _TOP_KEYS, str(config_path))
-    currents = [parse_current(entry, i, config_path.parent) for i, entry in enumerate(data["currents"])]
-    names = [current.name for current in currents]
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise ConfigError(f"{config_path}: the name {repeated[0]!r} is used by more than one Current")
-    return currents
+        return ConfigCheck(
+            config_path, [], ["expected a top-level 'currents:' list with one entry per Current"]
+        )
+
+    errors = []
+    try:
+        _unknown(set(data), _TOP_KEYS, "top level")
+    except ConfigError as exc:
+        errors.append(str(exc))
+    currents: list[CurrentConfig] = []
+    first_index: dict[str, int] = {}
+    for index, entry in enumerate(data["currents"]):
+        try:
+            current = parse_current(entry, index, config_path.parent)
+        except ConfigError as exc:
+            errors.append(str(exc))
+            continue
+        if current.name in first_index:
+            errors.append(
+                f"Current {current.name!r} (currents[{index}]).name: already used by "
+                f"currents[{first_index[current.name]}]; give each Current its own name "
+                f"(the DAG id is currents_to_segment_<name>)"
+            )
+            continue
+        first_index[current.name] = index
+        currents.append(current)
+    return ConfigCheck(config_path, currents, errors)
+
+
+def load_config(path: str | Path | None = None) -> list[CurrentConfig]:
+    """Read the config file and check every Current in it.
+
+    :param path: the file; defaults to :func:`default_config_path`.
+    :raises ConfigError: naming the file, and for each problem the Current, the key and the fix.
+    """
+    check = check_config(path)
+    if check.errors:
+        raise ConfigError(check.summary())
+    return check.currents

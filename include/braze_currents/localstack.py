@@ -43,6 +43,11 @@ class LocalServices:
         self._moto.start()
         host, port = self._moto.get_host_and_port()
         self.s3_endpoint = f"http://{host}:{port}"
+        # moto keeps its buckets in process memory, shared by every server started in this process:
+        # start from an empty store so one run's objects never leak into the next.
+        import urllib.request
+
+        urllib.request.urlopen(urllib.request.Request(f"{self.s3_endpoint}/moto-api/reset", method="POST"))
         self.receiver = SegmentReceiver(write_key=self.write_key, out_path=self.accepted_path).start()
         self.s3_client().create_bucket(Bucket=self.bucket)
         return self

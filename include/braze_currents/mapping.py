@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -127,13 +128,29 @@ def load_mapping(path: str | Path) -> EventMapping:
     return compile_mapping(data, str(path))
 
 
+_FIRST_SECOND = -30_610_224_000  # 1000-01-01T00:00:00Z: strftime writes earlier years without 4 digits
+_LAST_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z
+
+
 def iso_timestamp(seconds: int, millis: int | None = None) -> str:
-    """Format epoch seconds (or milliseconds, when given) as ISO-8601 UTC with a ``Z``."""
+    """Format epoch seconds (or milliseconds, when given) as ISO-8601 UTC with a ``Z``.
+
+    :raises ValueError: when the time falls outside the years 1000 to 9999, which ISO-8601 timestamps
+        (and Segment) cannot carry.
+    """
     if millis is not None:
         seconds, fraction = divmod(int(millis), 1000)
     else:
         fraction = 0
+    if not _FIRST_SECOND <= seconds <= _LAST_SECOND:
+        raise ValueError(f"time {seconds} is outside the years 1000 to 9999")
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{fraction:03d}Z"
+
+
+# A window's events fall in one hour: formatting each second once saves most strftime calls.
+@functools.lru_cache(maxsize=8192)
+def _second_timestamp(seconds: int) -> str:
+    return iso_timestamp(seconds)
 
 
 def integration_context() -> dict[str, str]:
@@ -152,6 +169,62 @@ def message_id(event_id: str, prefix: str = "") -> str:
     return value
 
 
+class MessageBuilder:
+    """Build the ``track`` messages of one event type, with the per-type lookups done once.
+
+    :param spec: the mapping of the event type.
+    :param message_id_prefix: prepended to the Currents id to form the messageId.
+    :param integration: ``context.integration``; defaults to this project's name and version.
+    """
+
+    def __init__(
+        self, spec: EventSpec, *, message_id_prefix: str = "", integration: Mapping[str, str] | None = None
+    ) -> None:
+        self.spec = spec
+        self.prefix = message_id_prefix
+        self.integration = integration or integration_context()
+
+    def build(self, record: Mapping[str, Any], user_id: str) -> dict[str, Any]:
+        """Build one message from a decoded Currents record.
+
+        :param record: the decoded event.
+        :param user_id: the identity to send (the stripped external user id).
+        """
+        spec = self.spec
+        skip, rename = spec.skip, spec.rename
+        if rename:
+            properties = {rename.get(k, k): v for k, v in record.items() if v is not None and k not in skip}
+        else:
+            properties = {k: v for k, v in record.items() if v is not None and k not in skip}
+        context: dict[str, Any] = {"integration": self.integration}
+        for field, path in spec.context:
+            value = record.get(field)
+            if value is None or value == "":
+                continue
+            node = context
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            node[path[-1]] = value
+        seconds, millis = record["time"], record.get("time_ms")
+        if millis is not None:
+            timestamp = iso_timestamp(seconds, millis)
+        else:
+            timestamp = _second_timestamp(seconds)
+        event_id = record["id"]
+        message_id = f"{self.prefix}{event_id}"
+        if len(message_id) > MAX_MESSAGE_ID_LENGTH:
+            raise ValueError(f"messageId would be {len(message_id)} characters; Segment requires under 100")
+        return {
+            "type": "track",
+            "userId": user_id,
+            "event": spec.event,
+            "messageId": message_id,
+            "timestamp": timestamp,
+            "properties": properties,
+            "context": context,
+        }
+
+
 def build_message(
     record: Mapping[str, Any],
     spec: EventSpec,
@@ -168,23 +241,5 @@ def build_message(
     :param message_id_prefix: prepended to the Currents id to form the messageId.
     :param integration: ``context.integration``; defaults to this project's name and version.
     """
-    skip, rename = spec.skip, spec.rename
-    properties = {rename.get(k, k): v for k, v in record.items() if v is not None and k not in skip}
-    context: dict[str, Any] = {"integration": integration or integration_context()}
-    for field, path in spec.context:
-        value = record.get(field)
-        if value is None or value == "":
-            continue
-        node = context
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
-    return {
-        "type": "track",
-        "userId": user_id,
-        "event": spec.event,
-        "messageId": message_id(record["id"], message_id_prefix),
-        "timestamp": iso_timestamp(record["time"], record.get("time_ms")),
-        "properties": properties,
-        "context": context,
-    }
+    builder = MessageBuilder(spec, message_id_prefix=message_id_prefix, integration=integration)
+    return builder.build(record, user_id)

@@ -115,34 +115,76 @@ def list_window(
     return listing
 
 
-def decode(data: bytes, key: str) -> DecodedFile:
-    """Decode one Currents object container file.
+class RecordBatches:
+    """Decode one Currents object container file a batch of records at a time.
 
-    Fields are taken by name, so any writer schema version works. A file that stops decoding part
-    way (a truncated upload) returns the records decoded so far with ``error`` set.
+    A window's files can hold 100,000 events each; taking them a batch at a time keeps memory flat
+    whatever the file size. Fields are taken by name, so any writer schema version works. When a file
+    stops decoding part way (a truncated upload), iteration ends after the records decoded so far and
+    ``error`` says why.
+
+    :param data: the whole object.
+    :param key: the object key, used in error messages.
+    :param batch_size: the most records in one batch.
+    :raises DecodeError: when no record can be decoded: empty object, not Avro, or a schema without
+        the fields every Currents type has.
+    """
+
+    def __init__(self, data: bytes, key: str, batch_size: int = 5000) -> None:
+        if not data:
+            raise DecodeError("empty object (0 bytes)")
+        try:
+            reader = fastavro.reader(io.BytesIO(data))
+        except Exception as exc:  # fastavro raises many types for bad headers
+            raise DecodeError(f"not an Avro object container file: {type(exc).__name__}: {exc}") from None
+        schema = reader.writer_schema
+        names = {field["name"] for field in schema.get("fields", [])} if isinstance(schema, dict) else set()
+        missing = [name for name in REQUIRED_FIELDS if name not in names]
+        if missing:
+            raise DecodeError(f"writer schema has no {' or '.join(missing)} field")
+        self.key = key
+        self.codec: str = reader.codec
+        self.batch_size = batch_size
+        self.records_read = 0
+        self.error: str | None = None
+        self._records = iter(reader)
+
+    def __iter__(self) -> Iterator[list[dict[str, Any]]]:
+        while self.error is None:
+            batch = self._next_batch()
+            if batch:
+                yield batch
+            if len(batch) < self.batch_size:
+                return
+
+    def _next_batch(self) -> list[dict[str, Any]]:
+        batch: list[dict[str, Any]] = []
+        append = batch.append
+        try:
+            for record in self._records:
+                append(record)
+                if len(batch) == self.batch_size:
+                    break
+        except Exception as exc:
+            self.error = (
+                f"stopped after {self.records_read + len(batch)} records: {type(exc).__name__}: {exc}"
+            )
+            log.warning("Decoding %s %s", self.key, self.error)
+        self.records_read += len(batch)
+        return batch
+
+
+def decode(data: bytes, key: str) -> DecodedFile:
+    """Decode one Currents object container file whole.
+
+    A file that stops decoding part way (a truncated upload) returns the records decoded so far with
+    ``error`` set. :class:`RecordBatches` does the same a batch at a time.
 
     :param data: the whole object.
     :param key: the object key, used in error messages.
     :raises DecodeError: when no record can be decoded: empty object, not Avro, or a schema without
         the fields every Currents type has.
     """
-    if not data:
-        raise DecodeError("empty object (0 bytes)")
-    try:
-        reader = fastavro.reader(io.BytesIO(data))
-    except Exception as exc:  # fastavro raises many types for bad headers
-        raise DecodeError(f"not an Avro object container file: {type(exc).__name__}: {exc}") from None
-    schema = reader.writer_schema
-    names = {field["name"] for field in schema.get("fields", [])} if isinstance(schema, dict) else set()
-    missing = [name for name in REQUIRED_FIELDS if name not in names]
-    if missing:
-        raise DecodeError(f"writer schema has no {' or '.join(missing)} field")
-    records: list[dict[str, Any]] = []
-    try:
-        for record in reader:
-            records.append(record)
-    except Exception as exc:
-        reason = f"stopped after {len(records)} records: {type(exc).__name__}: {exc}"
-        log.warning("Decoding %s %s", key, reason)
-        return DecodedFile(records, reader.codec, reason)
-    return DecodedFile(records, reader.codec)
+    batches = RecordBatches(data, key)
+    records = [record for batch in batches for record in batch]
+    return DecodedFile(records, batches.codec, batches.error)

@@ -178,6 +178,7 @@ class SegmentReceiver:
         self._lock = threading.Lock()
         self._faults: collections.deque[list[Any]] = collections.deque()
         self._ids: set[str] = set()
+        self._refused_ids: set[str] = set()
         self._arrivals: list[tuple[float, int]] = []
         self._requests = 0
         self._accepted = 0
@@ -264,6 +265,14 @@ class SegmentReceiver:
                 raise TypeError(f"expected a Fault, got {type(fault).__name__}")
         with self._lock:
             self._faults.extend([fault, fault.times] for fault in faults)
+
+    def refuse_message_ids(self, message_ids: set[str] | frozenset[str]) -> None:
+        """Answer 400 to any batch that holds one of these messageIds, as Segment does for a bad event.
+
+        :param message_ids: the ids to refuse; an empty set accepts everything again.
+        """
+        with self._lock:
+            self._refused_ids = set(message_ids)
 
     def clear_faults(self) -> None:
         """Drop every queued fault."""
@@ -353,6 +362,13 @@ class SegmentReceiver:
             if size > MAX_EVENT_BYTES:
                 message = f"event {index} is {size} bytes, over the {MAX_EVENT_BYTES} byte limit"
                 return self._reply(400, _error("event_too_large", message, index=index, size=size))
+
+        with self._lock:
+            refused = self._refused_ids
+        for index, event in enumerate(considered):
+            if refused and isinstance(event, dict) and event.get("messageId") in refused:
+                message = f"event {index} is not valid"
+                return self._reply(400, _error("invalid_event", message, index=index))
 
         received_at = _utc_now_iso()
         rejected: collections.Counter[str] = collections.Counter()
@@ -483,6 +499,8 @@ class _Handler(BaseHTTPRequestHandler):
     """Route requests to the receiver; one instance per connection."""
 
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, the body waits for the client's delayed ACK.
+    disable_nagle_algorithm = True
     server: _Server
 
     def do_POST(self) -> None:

@@ -1,21 +1,116 @@
-"""Account for a window: every event read is sent, dropped for a stated reason, or dead-lettered."""
+"""Account for a window: every event read is sent, dropped for a stated reason, or dead-lettered.
+
+The ledger keeps, per window folder in the state location:
+
+- ``files.json``: every source file accounted for (key, ETag, size) with its counts per outcome:
+  ``read``, ``sent``, ``dropped`` by reason and ``dead_lettered``. A file listed here is not read
+  again by later runs of the window, nor picked up as late by later windows.
+- ``chunk-*.acks/NNNNN.json``: the messageIds Segment acknowledged, one write-once object per batch
+  (see :mod:`braze_currents.upload`).
+
+The dead-letter location holds, per window, ``dead_letters.ndjson`` (the open dead letters: a rerun
+that reads a file again replaces that file's letters) and ``report.json`` (the last run's counts
+and the window's totals from the ledger).
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
-from braze_currents.deadletters import from_ndjson, to_ndjson
+from braze_currents.deadletters import DeadLetter, from_ndjson, to_ndjson
 from braze_currents.storage import Store
 from braze_currents.upload import load_acks
+
+ACKNOWLEDGED_MARK = "_acknowledged.json"
 
 
 def done_files(state: Store, folder: str) -> list[dict[str, Any]]:
     """Return the source files the ledger records as fully accounted for in a window."""
     name = f"{folder}/files.json"
     return orjson.loads(state.get(name)) if state.exists(name) else []
+
+
+def window_finished(state: Store, folder: str) -> bool:
+    """Whether a run of the window has balanced and recorded its files in the ledger."""
+    return state.exists(f"{folder}/files.json")
+
+
+def open_dead_letters(dead_letters: Store, folder: str) -> list[DeadLetter]:
+    """Return the dead letters of a window that no later run has cleared."""
+    name = f"{folder}/dead_letters.ndjson"
+    return from_ndjson(dead_letters.get(name)) if dead_letters.exists(name) else []
+
+
+def _merge_file(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """Combine a file's ledger entry with what a later run of the same file found.
+
+    A file read again (to re-send its dead letters) counts the events sent before as
+    ``already_sent``; those are folded back into ``sent`` so the entry still balances on its own.
+    """
+    if old is None or old.get("etag") != new.get("etag"):
+        return new
+    merged = dict(new)
+    dropped = dict(new.get("dropped", {}))
+    before = int(old.get("sent", 0))
+    again = min(before, dropped.get("already_sent", 0))
+    if again:
+        dropped["already_sent"] -= again
+        if not dropped["already_sent"]:
+            del dropped["already_sent"]
+    merged["dropped"] = dropped
+    merged["sent"] = int(new.get("sent", 0)) + again
+    return merged
+
+
+def _totals(files: list[dict[str, Any]]) -> dict[str, Any]:
+    dropped: Counter = Counter()
+    for entry in files:
+        dropped.update(entry.get("dropped", {}))
+    totals = {
+        "files": len(files),
+        "read": sum(int(entry.get("read", 0)) for entry in files),
+        "sent": sum(int(entry.get("sent", 0)) for entry in files),
+        "dropped": dict(sorted(dropped.items())),
+        "dead_lettered": sum(int(entry.get("dead_lettered", 0)) for entry in files),
+    }
+    totals["unaccounted"] = totals["read"] - totals["sent"] - sum(dropped.values()) - totals["dead_lettered"]
+    return totals
+
+
+def _record_files(state: Store, folder: str, entries: list[dict[str, Any]], stamp: str) -> list[dict]:
+    """Merge entries into a window's ``files.json``; return the window's whole list."""
+    done = {entry["key"]: entry for entry in done_files(state, folder)}
+    for entry in entries:
+        done[entry["key"]] = {**_merge_file(done.get(entry["key"]), entry), "recorded_at": stamp}
+    files = list(done.values())
+    state.put(f"{folder}/files.json", orjson.dumps(files, option=orjson.OPT_INDENT_2))
+    return files
+
+
+def sweep_staged(staging: Store, root: str, retention: timedelta, now: datetime) -> int:
+    """Delete staged chunks of windows acknowledged longer than ``retention`` ago.
+
+    :param root: the Current's folder in the staging location.
+    :returns: how many objects were deleted.
+    """
+    deleted = 0
+    for name in list(staging.list(f"{root}/")):
+        if not name.endswith(f"/{ACKNOWLEDGED_MARK}"):
+            continue
+        at = datetime.fromisoformat(orjson.loads(staging.get(name))["at"])
+        if now - at < retention:
+            continue
+        folder = name.removesuffix(ACKNOWLEDGED_MARK)
+        for staged in list(staging.list(folder)):
+            if staged != name:
+                staging.delete(staged)
+                deleted += 1
+        staging.delete(name)
+    return deleted
 
 
 def summarise_window(
@@ -27,28 +122,36 @@ def summarise_window(
     dead_letters: Store,
     folder: str,
     keep_staged: bool = False,
+    retention_hours: int = 0,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
     """Gather a window's counts from the prepare step and the ledger; write its report and dead letters.
 
     :param prepared: the prepare step's return value.
     :param listing: the list step's return value (for ignored keys and unknown folders).
-    :param staging: where chunks were staged; they are deleted once acknowledged unless ``keep_staged``.
+    :param staging: where chunks were staged.
     :param state: the ledger location.
     :param dead_letters: where the window's dead letters and report are written.
     :param folder: the window's folder in each location.
+    :param keep_staged: never delete staged chunks.
+    :param retention_hours: keep staged chunks this long after their window is acknowledged;
+        0 deletes them at once.
+    :param now: the current time (for tests).
     """
+    now = now or datetime.now(UTC)
+    stamp = now.isoformat(timespec="seconds")
     counts = dict(prepared["counts"])
-    letters = from_ndjson(dead_letters.get(f"{folder}/prepare-dead-letters.ndjson"))
+    run_letters = from_ndjson(dead_letters.get(f"{folder}/prepare-dead-letters.ndjson"))
     sent = 0
     incomplete = []
     for chunk in prepared["chunks"]:
         acks = load_acks(state, chunk["name"])
         sent += acks.sent
-        letters.extend(acks.dead_letters)
+        run_letters.extend(acks.dead_letters)
         if len(acks.acked) != chunk["batches"]:
             incomplete.append(chunk["chunk_id"])
 
-    event_letters = sum(1 for letter in letters if letter.id is not None)
+    event_letters = sum(1 for letter in run_letters if letter.id is not None)
     dropped = sum(counts["dropped"].values())
     counts.update(
         sent=sent,
@@ -63,24 +166,53 @@ def summarise_window(
         "dead_lettered": event_letters,
         "unaccounted": counts["events_read"] - sent - dropped - event_letters,
     }
-    report = {
+
+    # A file read again in this run replaces its earlier dead letters with this run's.
+    sources = [dict(entry) for entry in prepared.get("source_files", [])]
+    reread = {entry["key"] for entry in sources}
+    letters = [letter for letter in open_dead_letters(dead_letters, folder) if letter.key not in reread]
+    letters.extend(run_letters)
+
+    rejected = Counter(letter.key for letter in run_letters if letter.reason == "rejected_by_segment")
+    for entry in sources:
+        staged = int(entry.pop("staged", 0))
+        entry["sent"] = staged - rejected[entry["key"]]
+        entry["dead_lettered"] = int(entry.get("dead_lettered", 0)) + rejected[entry["key"]]
+
+    report: dict[str, Any] = {
         "window": prepared["window"],
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "run_id": prepared.get("run_id"),
+        "finished_at": stamp,
         "counts": counts,
         "balance": balance,
         "balanced": balance["unaccounted"] == 0 and not incomplete,
         "incomplete_chunks": incomplete,
-        "dead_letters": len(letters),
-        "files": prepared.get("source_files", []),
+        "dead_letters": len(run_letters),
+        "open_dead_letters": len(letters),
+        "late_files": [entry for entry in sources if entry.get("late_from")],
+        "files": sources,
     }
+    if report["balanced"]:
+        own = [entry for entry in sources if not entry.get("late_from")]
+        files = _record_files(state, folder, own, stamp)
+        late_by_folder: dict[str, list[dict[str, Any]]] = {}
+        for entry in report["late_files"]:
+            late_by_folder.setdefault(entry["origin_folder"], []).append(
+                {**entry, "late_in": prepared["window"]}
+            )
+        for origin, entries in late_by_folder.items():
+            _record_files(state, origin, entries, stamp)
+        report["window_totals"] = _totals(files)
+        if not keep_staged:
+            if retention_hours <= 0:
+                for chunk in prepared["chunks"]:
+                    staging.delete(chunk["name"])
+                    staging.delete(chunk["name"].removesuffix(".ndjson") + ".sources.json")
+            else:
+                chunk_folder = prepared.get("folder", folder)
+                staging.put(f"{chunk_folder}/{ACKNOWLEDGED_MARK}", orjson.dumps({"at": stamp}))
+                root = folder.split("/", 1)[0]
+                report["staged_swept"] = sweep_staged(staging, root, timedelta(hours=retention_hours), now)
     dead_letters.put(f"{folder}/dead_letters.ndjson", to_ndjson(letters))
     dead_letters.put(f"{folder}/report.json", orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    if report["balanced"]:
-        done = {entry["key"]: entry for entry in done_files(state, folder)}
-        done.update((entry["key"], entry) for entry in report["files"])
-        state.put(f"{folder}/files.json", orjson.dumps(list(done.values()), option=orjson.OPT_INDENT_2))
-        if not keep_staged:
-            for chunk in prepared["chunks"]:
-                staging.delete(chunk["name"])
-                staging.delete(chunk["name"].removesuffix(".ndjson") + ".sources.json")
     return report

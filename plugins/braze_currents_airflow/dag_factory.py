@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import DAG, CronDataIntervalTimetable, Param, XComArg
+from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, XComArg
 
 from braze_currents.config import CurrentConfig
 from braze_currents_airflow.operators import (
@@ -23,6 +23,16 @@ list the hour's files, prepare chunks (decode, filter, map, batch), upload each 
 task with retries, then summarise. Trigger it with the param `window` (e.g. `2026-12-01T04:00:00Z`)
 to process a given hour; without it a manual run processes the last full hour.
 """
+
+
+def reports_asset(current: CurrentConfig) -> Asset:
+    """Return the asset each summary updates: the Current's window reports, its events carrying the counts.
+
+    Named after the DAG alone (no location in its URI), so moving ``dead_letters`` keeps the same asset.
+
+    :param current: the checked settings of the Current.
+    """
+    return Asset(name=f"{current.dag_id}_reports")
 
 
 def build_dag(current: CurrentConfig) -> DAG:
@@ -53,6 +63,11 @@ def build_dag(current: CurrentConfig) -> DAG:
                 type="boolean",
                 description="Re-send the whole window even where the ledger records it as delivered",
             ),
+            "retry_dead_letters": Param(
+                False,
+                type="boolean",
+                description="Read again the files that have dead letters and send what is not delivered yet",
+            ),
             "window": Param(
                 "",
                 type="string",
@@ -72,6 +87,7 @@ def build_dag(current: CurrentConfig) -> DAG:
             bucket=current.bucket,
             prefix=current.prefix,
             event_types=current.event_types,
+            lookback_hours=current.lookback_hours,
         )
         prepare = PrepareChunksOperator(
             task_id="prepare_chunks",
@@ -97,6 +113,8 @@ def build_dag(current: CurrentConfig) -> DAG:
             listing=listing.output,
             on_dead_letters=current.on_dead_letters,
             keep_staged=current.keep_staged,
+            staged_retention_hours=current.staged_retention_hours,
+            outlets=[reports_asset(current)],
             # An hour with nothing to send maps no upload task; the summary must still run then.
             trigger_rule="none_failed",
             **shared,

@@ -13,13 +13,19 @@ from braze_currents.segment_client import REGION_ENDPOINTS, RetryPolicy, Segment
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 
+class SegmentConnectionError(ValueError):
+    """The Segment connection is missing or unusable; retrying cannot help, so tasks fail at once."""
+
+
 class SegmentHook(BaseHook):
     """Reach Segment's HTTP Tracking API with a write key kept in an Airflow connection.
 
     The write key is the connection's password (so Airflow masks it). The region comes from the
-    connection's extra ``region`` or the caller; an explicit host (connection host) overrides both,
-    for example a local Segment-compatible receiver. TLS verification can be turned off only for a
-    local host, with the extra ``verify_tls: false``.
+    connection's extra ``region`` (the Region field of the ``segment`` connection form) or the
+    caller; an explicit host (connection host) overrides both, for example a local Segment-compatible
+    receiver. TLS verification can be turned off only for a local host, with the extra
+    ``verify_tls: false``. A connection of any type with the write key as password works too, for
+    installs without the ``segment`` connection type.
 
     :param segment_conn_id: the Airflow connection id.
     :param region: ``us`` or ``eu``, used when the connection names neither host nor region.
@@ -37,7 +43,21 @@ class SegmentHook(BaseHook):
 
     @cached_property
     def _conn(self) -> Any:
-        return self.get_connection(self.segment_conn_id)
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        try:
+            return self.get_connection(self.segment_conn_id)
+        except AirflowNotFoundException:
+            env = "AIRFLOW_CONN_" + self.segment_conn_id.upper()
+            raise SegmentConnectionError(
+                f"Segment connection {self.segment_conn_id!r} is not defined: add it under Admin > "
+                f"Connections (type Segment, write key in the password field), or set {env}, or "
+                "change segment.conn_id in the exports config"
+            ) from None
+
+    def _region(self) -> str:
+        extra = self._conn.extra_dejson or {}
+        return extra.get("region") or extra.get(f"extra__{self.conn_type}__region") or self.region
 
     def describe(self) -> str:
         """Name the connection and where it points, for error messages; never the key."""
@@ -45,13 +65,12 @@ class SegmentHook(BaseHook):
 
     def endpoint(self) -> str:
         conn = self._conn
-        extra = conn.extra_dejson or {}
         host = conn.host
         if host and conn.port and "://" in host and not urlparse(host).port:
             host = f"{host.rstrip('/')}:{conn.port}"
         elif host and conn.port and "://" not in host:
             host = f"{host}:{conn.port}"
-        region = extra.get("region") or self.region
+        region = self._region()
         if not host and region not in REGION_ENDPOINTS:
             raise ValueError(
                 f"Segment connection {self.segment_conn_id!r}: region must be us or eu, got {region!r}"
@@ -63,7 +82,7 @@ class SegmentHook(BaseHook):
         conn = self._conn
         write_key = conn.password or conn.login
         if not write_key:
-            raise ValueError(
+            raise SegmentConnectionError(
                 f"Segment connection {self.segment_conn_id!r} has no write key: put it in the password field"
             )
         extra = conn.extra_dejson or {}
@@ -82,10 +101,3 @@ class SegmentHook(BaseHook):
             verify=verify,
             pool_size=pool_size,
         )
-
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {
-            "hidden_fields": ["schema", "login", "port"],
-            "relabeling": {"password": "Write key", "host": "Host (optional, overrides region)"},
-        }

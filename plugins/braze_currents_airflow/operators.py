@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
@@ -64,6 +65,8 @@ class ListWindowFilesOperator(BaseOperator):
     :param prefix: the folder set on the Current.
     :param event_types: the event types to list.
     :param window: the hour to process; empty for the run's logical date or the last full hour.
+    :param lookback_hours: earlier hour partitions to list as well, for files that land late; the
+        prepare step sends those its window's finished run has not accounted for.
     """
 
     template_fields: Sequence[str] = ("bucket", "prefix", "window")
@@ -76,6 +79,7 @@ class ListWindowFilesOperator(BaseOperator):
         prefix: str,
         event_types: Sequence[str],
         window: str = "{{ params.window }}",
+        lookback_hours: int = 3,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -84,6 +88,7 @@ class ListWindowFilesOperator(BaseOperator):
         self.prefix = prefix
         self.event_types = list(event_types)
         self.window = window
+        self.lookback_hours = lookback_hours
 
     def execute(self, context: Any) -> dict[str, Any]:
         from braze_currents.reader import list_window
@@ -111,10 +116,18 @@ class ListWindowFilesOperator(BaseOperator):
             self.log.warning("Unknown event_type= folders: %s", sorted(listing.unknown_event_types))
         if listing.unknown_layouts:
             self.log.warning("%s keys have folder levels this version does not know", listing.unknown_layouts)
+        earlier = []
+        for back in range(1, self.lookback_hours + 1):
+            past = hour - timedelta(hours=back)
+            found = list_window(
+                client, bucket=self.bucket, prefix=self.prefix, hour=past, event_types=self.event_types
+            )
+            earlier.extend({**dataclasses.asdict(obj), "window": past.isoformat()} for obj in found.objects)
         return {
             "window": hour.isoformat(),
             "bucket": self.bucket,
             "objects": [dataclasses.asdict(obj) for obj in listing.objects],
+            "earlier_objects": earlier,
             "ignored_keys": listing.ignored_keys,
             "unknown_event_types": listing.unknown_event_types,
             "unknown_layouts": listing.unknown_layouts,
@@ -162,7 +175,7 @@ class PrepareChunksOperator(_CurrentsOperator):
         from braze_currents.mapping import MappingError, load_mapping
         from braze_currents.prepare import PrepareSettings, prepare_window
         from braze_currents.reader import ListedObject
-        from braze_currents.report import done_files
+        from braze_currents.report import done_files, open_dead_letters
         from braze_currents.upload import sent_ids
 
         try:
@@ -180,21 +193,38 @@ class PrepareChunksOperator(_CurrentsOperator):
             return client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
         state = self.store(self.state)
-        force = bool(context["params"].get("force", False))
+        params = context["params"]
+        force = bool(params.get("force", False))
+        retry = bool(params.get("retry_dead_letters", False))
+        late: dict[str, str] = {}  # key -> folder of the window the late file belongs to
         if force:
             # A forced run re-sends on purpose: its chunks and ledger entries get a folder of their own.
             folder = f"{folder}/force-{context['run_id']}".replace(":", "-").replace("+", "-")
             already_sent: set[str] = set()
             skipped = []
         else:
+            retry_keys = set()
+            if retry:
+                retry_keys = {
+                    letter.key for letter in open_dead_letters(self.store(self.dead_letters), window_dir)
+                }
+                self.log.info(
+                    "Window %s: reading again the %s files with dead letters", window, len(retry_keys)
+                )
             done = {(entry["key"], entry.get("etag")) for entry in done_files(state, window_dir)}
-            skipped = [obj for obj in objects if (obj.key, obj.etag) in done]
-            objects = [obj for obj in objects if (obj.key, obj.etag) not in done]
+            skipped = [obj for obj in objects if (obj.key, obj.etag) in done and obj.key not in retry_keys]
+            objects = [obj for obj in objects if (obj.key, obj.etag) not in done or obj.key in retry_keys]
             already_sent = sent_ids(state, window_dir)
+            late_objects = self._late_files(state, objects, retry_keys, late)
+            for origin in sorted(set(late.values())):
+                already_sent |= sent_ids(state, origin)
+            objects.extend(late_objects)
             self.log.info(
-                "Window %s: %s files already done, %s events already acknowledged; sending the rest",
+                "Window %s: %s files already done, %s late files from earlier hours, %s events already "
+                "acknowledged; sending the rest",
                 window,
                 len(skipped),
+                len(late_objects),
                 len(already_sent),
             )
         settings = PrepareSettings(
@@ -217,11 +247,17 @@ class PrepareChunksOperator(_CurrentsOperator):
         self.store(self.dead_letters).put(
             f"{window_dir}/prepare-dead-letters.ndjson", to_ndjson(result.dead_letters)
         )
+        for source in result.source_files:
+            if source["key"] in late:
+                origin = late[source["key"]]
+                source.update(late_from=origin.rsplit("date=", 1)[-1], origin_folder=origin)
         chunks = [{**dataclasses.asdict(chunk), "label": chunk.label()} for chunk in result.chunks]
         counts = {
             "files": result.files,
             "files_failed": result.files_failed,
             "files_already_done": len(skipped),
+            "files_listed_twice": result.files_listed_twice,
+            "late_files": len(late),
             "events_read": result.events_read,
             "dropped": dict(result.dropped),
             "dead_lettered_prepare": result.dead_lettered,
@@ -243,6 +279,7 @@ class PrepareChunksOperator(_CurrentsOperator):
         )
         prepared = {
             "window": window,
+            "run_id": context["run_id"],
             "folder": folder,
             "chunks": chunks,
             "counts": counts,
@@ -250,6 +287,36 @@ class PrepareChunksOperator(_CurrentsOperator):
         }
         context["ti"].xcom_push(key="prepared", value=prepared)
         return chunks
+
+    def _late_files(
+        self, state: Store, current: list[Any], retry_keys: set[str], late: dict[str, str]
+    ) -> list:
+        """Return files of earlier hours that their window's finished run has not accounted for.
+
+        A window whose run has not finished yet is left alone: its own run (or rerun) sends its files.
+        Fills ``late`` with each late file's window folder.
+        """
+        from braze_currents.reader import ListedObject
+        from braze_currents.report import done_files, window_finished
+
+        by_window: dict[str, list[dict[str, Any]]] = {}
+        for obj in self.listing.get("earlier_objects", []):
+            by_window.setdefault(obj["window"], []).append(obj)
+        taken = {obj.key for obj in current}
+        found = []
+        for past, candidates in sorted(by_window.items()):
+            origin = window_folder(self.current_name, past)
+            if not window_finished(state, origin):
+                continue
+            done = {(entry["key"], entry.get("etag")) for entry in done_files(state, origin)}
+            for obj in candidates:
+                key = obj["key"]
+                if key in taken or ((key, obj["etag"]) in done and key not in retry_keys):
+                    continue
+                taken.add(key)
+                late[key] = origin
+                found.append(ListedObject(**{k: v for k, v in obj.items() if k != "window"}))
+        return found
 
     def _chunk_events(self, objects: list[Any]) -> int:
         """Grow the chunk size when a huge window would otherwise fan out past a few hundred tasks."""
@@ -343,6 +410,7 @@ class SummariseWindowOperator(_CurrentsOperator):
     :param prepared: the output of :class:`PrepareChunksOperator`.
     :param on_dead_letters: ``fail`` (the default: losses are visible in the UI) or ``warn``.
     :param keep_staged: keep staged chunks after the window is acknowledged.
+    :param staged_retention_hours: hours staged chunks are kept once acknowledged (0: delete at once).
     """
 
     template_fields: Sequence[str] = ("prepared", "listing")
@@ -354,9 +422,11 @@ class SummariseWindowOperator(_CurrentsOperator):
         listing: Any = None,
         on_dead_letters: str = "fail",
         keep_staged: bool = False,
+        staged_retention_hours: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.staged_retention_hours = staged_retention_hours
         if on_dead_letters not in ("fail", "warn"):
             raise ValueError(f"on_dead_letters must be 'fail' or 'warn', got {on_dead_letters!r}")
         self.prepared = prepared
@@ -381,6 +451,7 @@ class SummariseWindowOperator(_CurrentsOperator):
             dead_letters=letters,
             folder=folder,
             keep_staged=self.keep_staged,
+            retention_hours=self.staged_retention_hours,
         )
         counts = report["counts"]
         self.log.info(
@@ -393,6 +464,7 @@ class SummariseWindowOperator(_CurrentsOperator):
             counts["dead_lettered"],
             counts["batches"],
         )
+        self._show_counts(context, report)
         if not report["balanced"]:
             raise AirflowFailException(f"window {report['window']} does not balance: {report['balance']}")
         if report["dead_letters"] and self.on_dead_letters == "fail":
@@ -403,3 +475,17 @@ class SummariseWindowOperator(_CurrentsOperator):
         if report["dead_letters"]:
             self.log.warning("Window %s has %s dead letters", report["window"], report["dead_letters"])
         return report
+
+    def _show_counts(self, context: Any, report: dict[str, Any]) -> None:
+        """Put the window's headline counts where the Airflow UI shows them without opening logs.
+
+        They go to the XCom ``counts`` (the task's XCom tab, failed windows too) and to the event of
+        each outlet asset (the run's asset events and the Assets view), which Airflow records only
+        when the task succeeds.
+        """
+        from braze_currents_airflow.ui.windows import headline_counts
+
+        counts = {"window": report["window"], **headline_counts(report)}
+        context["ti"].xcom_push(key="counts", value=counts)
+        for outlet in self.outlets:
+            context["outlet_events"][outlet].extra = counts

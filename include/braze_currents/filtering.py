@@ -1,0 +1,146 @@
+"""Decide, with pandas, which decoded events of a window are sent and why the others are not.
+
+An event is sent when it has an id, a non-blank external user id, its id has not been seen earlier in
+the window, and the ledger does not record it as delivered. The checks run on whole batches of records
+at once; only the events that pass go through the per-event mapping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection, Sequence
+from typing import Any
+
+# What happens to each row of a batch.
+SEND = 0
+MISSING_ID = 1
+NO_EXTERNAL_ID = 2
+DUPLICATE = 3
+ALREADY_SENT = 4
+
+# pandas' hash_array takes 16-character keys; two keys give two independent 64-bit halves.
+_HASH_KEYS = ("braze-currents-1", "braze-currents-2")
+
+
+class SeenIds:
+    """The event ids already taken in a window, kept as 128-bit hashes: 16 bytes an id.
+
+    A window of millions of events would need hundreds of megabytes as a set of strings; here the
+    hashes sit in a few sorted numpy arrays ("runs") whose sizes halve from the oldest to the newest,
+    so a lookup touches few runs and merging costs little.
+
+    .. note::
+        Two different ids are taken for the same one only when both 64-bit halves of their hashes
+        collide (about one chance in 10**38 per pair). When only the first half collides the repeat
+        may be missed; the event is then sent again with the same messageId, which Segment drops.
+    """
+
+    def __init__(self) -> None:
+        self._runs: list[tuple[Any, Any]] = []
+
+    def __len__(self) -> int:
+        return sum(len(high) for high, _ in self._runs)
+
+    def add(self, ids: Any) -> Any:
+        """Record ids that do not repeat among themselves; return a mask of those recorded before.
+
+        :param ids: a numpy object array of id strings.
+        """
+        import numpy as np
+        import pandas as pd
+
+        high = pd.util.hash_array(ids, hash_key=_HASH_KEYS[0], categorize=False)
+        low = pd.util.hash_array(ids, hash_key=_HASH_KEYS[1], categorize=False)
+        seen = np.zeros(len(ids), dtype=bool)
+        for run_high, run_low in self._runs:
+            at = np.minimum(np.searchsorted(run_high, high), len(run_high) - 1)
+            seen |= (run_high[at] == high) & (run_low[at] == low)
+        fresh = ~seen
+        if fresh.any():
+            order = np.argsort(high[fresh], kind="stable")
+            self._runs.append((high[fresh][order], low[fresh][order]))
+            self._merge()
+        return seen
+
+    def _merge(self) -> None:
+        import numpy as np
+
+        while len(self._runs) > 1 and len(self._runs[-2][0]) <= 2 * len(self._runs[-1][0]):
+            newer_high, newer_low = self._runs.pop()
+            older_high, older_low = self._runs[-1]
+            high = np.concatenate([older_high, newer_high])
+            low = np.concatenate([older_low, newer_low])
+            order = np.argsort(high, kind="stable")
+            self._runs[-1] = (high[order], low[order])
+
+
+@dataclasses.dataclass
+class Selection:
+    """The outcome of each row of a batch, and the stripped external ids to send as ``userId``.
+
+    :param outcome: a numpy array with one of ``SEND``, ``MISSING_ID``, ``NO_EXTERNAL_ID``,
+        ``DUPLICATE``, ``ALREADY_SENT`` per row.
+    :param user_ids: per row, the external user id without surrounding blanks (meaningful where sent).
+    """
+
+    outcome: Any
+    user_ids: list[Any]
+
+    def rows(self, outcome: int) -> list[int]:
+        """Return the row numbers with this outcome, in order."""
+        import numpy as np
+
+        return np.flatnonzero(self.outcome == outcome).tolist()
+
+    def count(self, outcome: int) -> int:
+        return int((self.outcome == outcome).sum())
+
+
+def select_rows(
+    records: Sequence[dict[str, Any]],
+    seen: SeenIds,
+    *,
+    already_sent: Collection[str] = (),
+    message_id_prefix: str = "",
+) -> Selection:
+    """Decide what happens to each record of a batch, and record the ids taken in ``seen``.
+
+    In row order, as a loop over the events would: a record without an id is ``MISSING_ID``; one
+    whose external user id is null, empty or blank is ``NO_EXTERNAL_ID``; one whose id was taken by an
+    earlier row (of this batch or an earlier one) is ``DUPLICATE``; one whose messageId the ledger
+    holds is ``ALREADY_SENT``, and its id still counts as taken.
+
+    :param records: the decoded records of one batch.
+    :param seen: the ids taken so far in the window; updated.
+    :param already_sent: messageIds the ledger records as delivered.
+    :param message_id_prefix: put before each id to form its messageId.
+    """
+    import numpy as np
+    import pandas as pd
+
+    id_values = [record.get("id") for record in records]
+    ids = pd.Series(id_values, dtype=object)
+    # dtype "str": a missing value is NaN, not None, so blanks and missing are both tested explicitly.
+    external = pd.Series([record.get("external_user_id") for record in records], dtype="str").str.strip()
+    has_id = np.fromiter((type(value) is str and value != "" for value in id_values), bool, len(id_values))
+    has_external = (external.notna() & external.ne("")).to_numpy(dtype=bool)
+
+    outcome = np.full(len(records), SEND, dtype=np.int8)
+    outcome[~has_external] = NO_EXTERNAL_ID
+    outcome[~has_id] = MISSING_ID
+    candidates = np.flatnonzero(has_id & has_external)
+    candidate_ids = ids.iloc[candidates]
+    repeated = candidate_ids.duplicated(keep="first").to_numpy()
+    first = candidates[~repeated]
+    earlier = seen.add(candidate_ids.to_numpy()[~repeated])
+    outcome[candidates[repeated]] = DUPLICATE
+    outcome[first[earlier]] = DUPLICATE
+    if already_sent:
+        fresh = first[~earlier]
+        delivered = np.fromiter(
+            (message_id_prefix + records[row]["id"] in already_sent for row in fresh.tolist()),
+            dtype=bool,
+            count=len(fresh),
+        )
+        outcome[fresh[delivered]] = ALREADY_SENT
+    return Selection(outcome, external.tolist())

@@ -1,0 +1,136 @@
+"""Scale-out: the same backfill on CeleryExecutor, two workers, staging and state on S3.
+
+Redis at 127.0.0.1:6379 is the broker (a database number of its own, emptied first); the result
+backend is the PostgreSQL database ``braze_currents_e2e_celery``. The two workers record distinct
+host names on their task instances, as workers on two machines would; nothing they share but S3, the
+database and the broker.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from braze_currents.localstack import LocalServices
+from tests.e2e.conftest import (
+    Deployment,
+    current_entry,
+    generate_hour,
+    now_hour,
+    start_deployment,
+    workdir_for,
+    write_exports,
+)
+
+DATABASE = "braze_currents_e2e_celery"
+REDIS_DB = int(os.environ.get("BRAZE_CURRENTS_E2E_REDIS_DB", "13"))
+REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
+WORK_BUCKET = "e2e-airflow-work"
+WORKERS = ("worker-a", "worker-b")
+BACKFILL_HOURS = 6
+# About four chunks of 2,500 events per window, so that one window's chunks can spread over both workers.
+EVENTS_PER_TYPE = 2000
+NOTES = Path(__file__).resolve().parents[2] / "var" / "e2e" / "celery-chunks.txt"
+
+
+def require_redis() -> None:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5)
+        client.ping()
+        client.flushdb()
+    except redis.RedisError as exc:
+        pytest.fail(
+            f"Redis is not reachable at {REDIS_URL} ({exc}); start one (README: 'make test-e2e'), "
+            "e.g. apt-get install redis-server, or docker run -p 127.0.0.1:6379:6379 redis:7"
+        )
+
+
+@pytest.fixture(scope="module")
+def deployment():
+    require_redis()
+    workdir = workdir_for("celery")
+    with LocalServices(workdir / "services", bucket="e2e-currents") as services:
+        services.s3_client().create_bucket(Bucket=WORK_BUCKET)
+        exports = write_exports(
+            workdir / "exports.yaml",
+            [current_entry("scaleout", services.bucket, f"s3://{WORK_BUCKET}/braze")],
+        )
+        env = {
+            "AIRFLOW__CELERY__BROKER_URL": REDIS_URL,
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
+        }
+        airflow = start_deployment(
+            home=workdir / "airflow_home",
+            database=DATABASE,
+            services=services,
+            exports=exports,
+            executor="CeleryExecutor",
+            components=("scheduler", "dag-processor", "api-server"),
+            extra_env=env,
+        )
+        try:
+            for worker in WORKERS:
+                airflow.start_celery_worker(worker, concurrency=2)
+            yield Deployment(airflow, services, workdir)
+        finally:
+            airflow.stop()
+
+
+def test_celery_backfill_spreads_chunks_over_both_workers_and_delivers_once(deployment):
+    name, dag_id = "scaleout", "currents_to_segment_scaleout"
+    last = now_hour() - timedelta(hours=5)
+    hours = [last - timedelta(hours=n) for n in range(BACKFILL_HOURS - 1, -1, -1)]
+    client = deployment.services.s3_client()
+    expected = set()
+    for seed, hour in enumerate(hours):
+        expected |= generate_hour(
+            client, deployment.services.bucket, name, hour, seed=seed, events_per_type=EVENTS_PER_TYPE
+        )
+
+    deployment.unpause(dag_id)
+    deployment.cli(
+        "backfill",
+        "create",
+        "--dag-id",
+        dag_id,
+        "--from-date",
+        hours[0].isoformat(),
+        "--to-date",
+        hours[-1].isoformat(),
+        "--max-active-runs",
+        "3",
+    )
+    runs = deployment.wait_runs(dag_id, "backfill", BACKFILL_HOURS, timeout=600)
+
+    assert [run["state"] for run in runs] == ["success"] * BACKFILL_HOURS
+    assert deployment.accepted(f"{name}-") == expected
+    assert deployment.services.receiver.stats()["duplicates"] == 0
+
+    by_window: dict[str, dict[str, list[str]]] = collections.defaultdict(
+        lambda: collections.defaultdict(list)
+    )
+    for run in runs:
+        for ti in deployment.task_instances(dag_id, run["run_id"]):
+            assert ti["hostname"] in WORKERS, ti
+            if ti["task_id"] == "upload_chunk":
+                label = ti["rendered_map_index"] or str(ti["map_index"])
+                by_window[f"{run['logical_date']:%Y-%m-%dT%H}:00Z"][ti["hostname"]].append(label)
+    assert any(len(hosts) == len(WORKERS) for hosts in by_window.values()), dict(by_window)
+
+    state = client.list_objects_v2(Bucket=WORK_BUCKET, Prefix="braze/state/")
+    assert state.get("KeyCount", 0) > 0  # the ledger lives on S3, where every worker reads it
+    staged = client.list_objects_v2(Bucket=WORK_BUCKET, Prefix="braze/staging/")
+    assert staged.get("KeyCount", 0) == 0  # summaries removed every staged chunk
+
+    NOTES.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"{window}  " + "  ".join(f"{host}: {len(chunks)} chunks" for host, chunks in sorted(hosts.items()))
+        for window, hosts in sorted(by_window.items())
+    ]
+    NOTES.write_text("\n".join(lines) + "\n")

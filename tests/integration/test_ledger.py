@@ -1,0 +1,142 @@
+"""The ledger through the DAG: late files, windows still to run, dead letters sent again."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from braze_currents.generator import avro_schema, encode_avro, generate_records, s3_put, write_window
+from braze_currents.keys import build_key, partition_name
+from braze_currents.localstack import LocalServices
+from tests.helpers import PREFIX, TYPES, decode_prefix, expected_ids, write_config
+
+HOUR = datetime(2026, 11, 30, 7, tzinfo=UTC)
+
+
+@pytest.fixture
+def env(airflow_db, tmp_path, monkeypatch):
+    with LocalServices(tmp_path / "services") as services:
+        for name, value in services.connection_env().items():
+            monkeypatch.setenv(name, value)
+        config = write_config(
+            tmp_path / "exports.yaml", bucket=services.bucket, workdir=tmp_path, upload_concurrency=2
+        )
+        monkeypatch.setenv("BRAZE_CURRENTS_CONFIG", str(config))
+        from braze_currents.config import load_config
+        from braze_currents_airflow.dag_factory import build_dag
+
+        (current,) = load_config(config)
+        yield services, build_dag(current), tmp_path
+
+
+class Window:
+    """Writes files into the moto bucket and remembers which ids Segment must end up with."""
+
+    def __init__(self, services) -> None:
+        self.client = services.s3_client()
+        self.put = s3_put(self.client, services.bucket)
+        self.seen: set[str] = set()
+        self.expected: set[str] = set()
+
+    def hour(self, hour: datetime, events_per_type: int = 300) -> list[str]:
+        written: dict[str, bytes] = {}
+
+        def keep(key: str, data: bytes) -> None:
+            written[key] = data
+            self.put(key, data)
+
+        write_window(keep, prefix=PREFIX, hour=hour, event_types=TYPES[:3], events_per_type=events_per_type)
+        for data in written.values():
+            self.expected |= expected_ids(decode_prefix(data), self.seen)
+        return list(written)
+
+    def late_file(self, hour: datetime, offset: int, seed: int) -> tuple[str, set[str]]:
+        records = generate_records(TYPES[0], 200, hour=hour, rng=random.Random(seed), null_external_ratio=0)
+        key = build_key(prefix=PREFIX, integration_id="c" * 24, event_type=TYPES[0], hour=hour, offset=offset)
+        self.put(key, encode_avro(records, avro_schema(TYPES[0])))
+        ids = expected_ids(records, self.seen)
+        self.expected |= ids
+        return key, ids
+
+
+def _read(workdir, store: str, hour: datetime, name: str):
+    path = workdir / store / "test" / f"date={partition_name(hour)}" / name
+    return json.loads(path.read_text()) if name.endswith(".json") else path.read_text()
+
+
+def test_a_late_file_is_sent_once_by_a_later_run_and_reported_as_late(env):
+    services, dag, workdir = env
+    window = Window(services)
+    window.hour(HOUR)
+    assert dag.test(logical_date=HOUR).state == "success"
+    late_key, late_ids = window.late_file(HOUR, offset=77, seed=1)
+    assert not late_ids & services.receiver.accepted_ids()
+
+    assert dag.test(logical_date=HOUR + timedelta(hours=1)).state == "success"
+
+    assert late_ids <= services.receiver.accepted_ids()
+    report = _read(workdir, "dead_letters", HOUR + timedelta(hours=1), "report.json")
+    assert [entry["key"] for entry in report["late_files"]] == [late_key]
+    assert report["counts"]["late_files"] == 1
+    assert report["late_files"][0]["late_from"] == partition_name(HOUR)
+    origin = {entry["key"]: entry for entry in _read(workdir, "state", HOUR, "files.json")}
+    assert origin[late_key]["late_in"] == (HOUR + timedelta(hours=1)).isoformat()
+    assert origin[late_key]["sent"] == len(late_ids)
+
+    requests = services.receiver.stats()["requests"]
+    assert dag.test(logical_date=HOUR).state == "success"  # a rerun of the late file's own hour
+    assert dag.test(logical_date=HOUR + timedelta(hours=2)).state == "success"  # still in lookback
+    assert services.receiver.stats()["requests"] == requests
+    assert services.receiver.accepted_ids() == window.expected
+    assert services.receiver.stats()["duplicates"] == 0
+
+
+def test_files_of_an_hour_that_has_not_run_yet_are_left_to_its_own_run(env):
+    services, dag, workdir = env
+    window = Window(services)
+    earlier = window.hour(HOUR)
+    window.hour(HOUR + timedelta(hours=1))
+
+    assert dag.test(logical_date=HOUR + timedelta(hours=1)).state == "success"
+    report = _read(workdir, "dead_letters", HOUR + timedelta(hours=1), "report.json")
+    assert report["late_files"] == []
+    assert not {entry["key"] for entry in report["files"]} & set(earlier)
+
+    assert dag.test(logical_date=HOUR).state == "success"
+    assert services.receiver.accepted_ids() == window.expected
+    assert services.receiver.stats()["duplicates"] == 0
+
+
+def test_dead_letters_are_sent_again_once_the_cause_is_fixed(env):
+    services, dag, workdir = env
+    window = Window(services)
+    window.hour(HOUR)
+    refused = set(sorted(window.expected)[:2])
+    services.receiver.refuse_message_ids(refused)
+
+    # Default policy: a window with dead letters fails, so the loss is visible.
+    assert dag.test(logical_date=HOUR).state == "failed"
+    letters = [
+        json.loads(line) for line in _read(workdir, "dead_letters", HOUR, "dead_letters.ndjson").splitlines()
+    ]
+    assert {letter["id"] for letter in letters} == refused
+    assert {letter["reason"] for letter in letters} == {"rejected_by_segment"}
+    assert services.receiver.accepted_ids() == window.expected - refused
+
+    services.receiver.refuse_message_ids(set())
+    assert dag.test(logical_date=HOUR, run_conf={"retry_dead_letters": True}).state == "success"
+
+    assert services.receiver.accepted_ids() == window.expected
+    assert services.receiver.stats()["duplicates"] == 0
+    assert _read(workdir, "dead_letters", HOUR, "dead_letters.ndjson") == ""
+    report = _read(workdir, "dead_letters", HOUR, "report.json")
+    assert report["counts"]["sent"] == len(refused)
+    totals = report["window_totals"]
+    assert totals["sent"] == len(window.expected)
+    assert totals["dead_lettered"] == 0
+    assert totals["unaccounted"] == 0
+    for entry in _read(workdir, "state", HOUR, "files.json"):
+        assert entry["read"] == entry["sent"] + sum(entry["dropped"].values()) + entry["dead_lettered"]
