@@ -45,13 +45,42 @@ def open_dead_letters(dead_letters: Store, folder: str) -> list[DeadLetter]:
     return from_ndjson(dead_letters.get(name)) if dead_letters.exists(name) else []
 
 
+LATE_CLAIM_TTL = timedelta(hours=2)
+
+
+def claim_late_file(state: Store, origin: str, key: str, run_id: str, *, now: datetime | None = None) -> bool:
+    """Claim a late file of window ``origin`` for one run; return whether this run may send it.
+
+    Claims are write-once objects (``late-claims/<key hash>/NNNN.json``), so of two runs listing the
+    same late file at once only one sends it. A run may always go on with its own claim (a retried
+    task); a claim older than :data:`LATE_CLAIM_TTL` is taken over, as its run failed or stalled, and
+    what that run delivered is in the ledger already.
+    """
+    import hashlib
+
+    now = now or datetime.now(UTC)
+    folder = f"{origin}/late-claims/{hashlib.blake2b(key.encode(), digest_size=10).hexdigest()}/"
+    claims = sorted(state.list(folder))
+    number = 0
+    if claims:
+        last = orjson.loads(state.get(claims[-1]))
+        if last["run_id"] == run_id:
+            return True
+        if now - datetime.fromisoformat(last["at"]) < LATE_CLAIM_TTL:
+            return False
+        number = int(claims[-1].rsplit("/", 1)[-1].removesuffix(".json")) + 1
+    claim = {"key": key, "run_id": run_id, "at": now.isoformat(timespec="seconds")}
+    return state.put_if_absent(f"{folder}{number:04d}.json", orjson.dumps(claim))
+
+
 def _merge_file(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     """Combine a file's ledger entry with what a later run of the same file found.
 
-    A file read again (to re-send its dead letters) counts the events sent before as
-    ``already_sent``; those are folded back into ``sent`` so the entry still balances on its own.
+    A file read again (to re-send its dead letters, or rewritten by Braze under a new ETag) counts the
+    events sent before as ``already_sent``; those are folded back into ``sent``, up to what the entry
+    recorded as sent, so the entry still balances on its own.
     """
-    if old is None or old.get("etag") != new.get("etag"):
+    if old is None:
         return new
     merged = dict(new)
     dropped = dict(new.get("dropped", {}))
@@ -94,6 +123,9 @@ def _record_files(state: Store, folder: str, entries: list[dict[str, Any]], stam
 def sweep_staged(staging: Store, root: str, retention: timedelta, now: datetime) -> int:
     """Delete staged chunks of windows acknowledged longer than ``retention`` ago.
 
+    Each window's mark lists the objects it covers, so chunks a later rerun stages beside them are
+    left alone.
+
     :param root: the Current's folder in the staging location.
     :returns: how many objects were deleted.
     """
@@ -101,16 +133,28 @@ def sweep_staged(staging: Store, root: str, retention: timedelta, now: datetime)
     for name in list(staging.list(f"{root}/")):
         if not name.endswith(f"/{ACKNOWLEDGED_MARK}"):
             continue
-        at = datetime.fromisoformat(orjson.loads(staging.get(name))["at"])
-        if now - at < retention:
+        mark = orjson.loads(staging.get(name))
+        if now - datetime.fromisoformat(mark["at"]) < retention:
             continue
-        folder = name.removesuffix(ACKNOWLEDGED_MARK)
-        for staged in list(staging.list(folder)):
-            if staged != name:
-                staging.delete(staged)
-                deleted += 1
+        for staged in mark.get("names", []):
+            staging.delete(staged)
+            deleted += 1
         staging.delete(name)
     return deleted
+
+
+def _staged_of_window(staging: Store, prepared: dict[str, Any], folder: str) -> list[str]:
+    """Every staged object a balanced window no longer needs: its own folder, failed runs' chunks
+    included, and the folders its run staged late files in."""
+    names = [
+        name
+        for name in staging.list(f"{folder}/")
+        # Late files of this window staged by later runs belong to those runs, which may be running.
+        if not name.endswith(f"/{ACKNOWLEDGED_MARK}") and "/late-" not in name[len(folder) :]
+    ]
+    for late_folder in prepared.get("late_folders", []):
+        names.extend(staging.list(f"{late_folder}/"))
+    return sorted(set(names))
 
 
 def summarise_window(
@@ -202,15 +246,23 @@ def summarise_window(
             )
         for origin, entries in late_by_folder.items():
             _record_files(state, origin, entries, stamp)
+            # The late file's earlier dead letters (say, truncated before Braze rewrote it) are settled
+            # by this run; what still fails is on record in this window's own dead letters.
+            keys = {entry["key"] for entry in entries}
+            if dead_letters.exists(f"{origin}/dead_letters.ndjson"):
+                kept = [
+                    letter for letter in open_dead_letters(dead_letters, origin) if letter.key not in keys
+                ]
+                dead_letters.put(f"{origin}/dead_letters.ndjson", to_ndjson(kept))
         report["window_totals"] = _totals(files)
         if not keep_staged:
+            staged = _staged_of_window(staging, prepared, folder)
             if retention_hours <= 0:
-                for chunk in prepared["chunks"]:
-                    staging.delete(chunk["name"])
-                    staging.delete(chunk["name"].removesuffix(".ndjson") + ".sources.json")
+                for name in staged:
+                    staging.delete(name)
             else:
-                chunk_folder = prepared.get("folder", folder)
-                staging.put(f"{chunk_folder}/{ACKNOWLEDGED_MARK}", orjson.dumps({"at": stamp}))
+                mark = {"at": stamp, "names": staged}
+                staging.put(f"{folder}/{ACKNOWLEDGED_MARK}", orjson.dumps(mark))
                 root = folder.split("/", 1)[0]
                 report["staged_swept"] = sweep_staged(staging, root, timedelta(hours=retention_hours), now)
     dead_letters.put(f"{folder}/dead_letters.ndjson", to_ndjson(letters))

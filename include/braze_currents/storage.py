@@ -20,6 +20,8 @@ class Store(Protocol):
 
     def put(self, name: str, data: bytes) -> str: ...
 
+    def put_if_absent(self, name: str, data: bytes) -> bool: ...
+
     def get(self, name: str) -> bytes: ...
 
     def exists(self, name: str) -> bool: ...
@@ -56,6 +58,21 @@ class LocalStore:
             Path(tmp).unlink(missing_ok=True)
             raise
         return str(path)
+
+    def put_if_absent(self, name: str, data: bytes) -> bool:
+        """Write an object only if none exists under the name; return whether this call wrote it."""
+        path = self._path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(data)
+            os.link(tmp, path)  # fails if the name exists: the first writer wins, whole
+        except FileExistsError:
+            return False
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return True
 
     def get(self, name: str) -> bytes:
         return self._path(name).read_bytes()
@@ -99,6 +116,21 @@ class S3Store:
     def put(self, name: str, data: bytes) -> str:
         self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data)
         return f"s3://{self.bucket}/{self._key(name)}"
+
+    def put_if_absent(self, name: str, data: bytes) -> bool:
+        """Write an object only if none exists (S3 conditional write); return whether this call wrote it."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data, IfNoneMatch="*")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in (
+                "PreconditionFailed",
+                "ConditionalRequestConflict",
+            ):
+                return False
+            raise
+        return True
 
     def get(self, name: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"].read()

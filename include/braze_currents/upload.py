@@ -16,6 +16,10 @@ from braze_currents.storage import Store
 
 log = logging.getLogger(__name__)
 
+# Most events of one batch isolated one by one after Segment refuses it (400/413); beyond that the
+# batch as a whole is refused, and its remaining events become dead letters without more requests.
+MAX_ISOLATED = 10
+
 
 @dataclasses.dataclass
 class ChunkAcks:
@@ -116,23 +120,34 @@ def upload_chunk(
     def offset_of(index: int) -> int:
         return sum(len(message_ids(bodies[i])) for i in range(index))
 
-    def send_isolating(body: bytes, first_event: int) -> tuple[list[str], list[DeadLetter]]:
+    def refused(body: bytes, first_event: int, detail: str) -> list[DeadLetter]:
+        doc = sources()
+        letters = []
+        for offset, event_id in enumerate(message_ids(body)):
+            file_index, row = doc["events"][first_event + offset]
+            letters.append(
+                DeadLetter("rejected_by_segment", doc["files"][file_index], None, event_id, row, detail[:200])
+            )
+        return letters
+
+    def send_isolating(
+        body: bytes, first_event: int, budget: list[int]
+    ) -> tuple[list[str], list[DeadLetter]]:
+        if budget[0] <= 0:
+            # Segment refuses event after event: something is wrong with the whole batch, not one event.
+            # Splitting further would cost two requests per event; the rest are dead letters instead.
+            return [], refused(body, first_event, f"not sent: Segment refused over {MAX_ISOLATED} events")
         try:
             client.send(body)
             return message_ids(body), []
         except SegmentRejectedError as exc:
             halves = split_body(body)
             if halves is None:
-                event_id = message_ids(body)[0]
-                doc = sources()
-                file_index, row = doc["events"][first_event]
-                letter = DeadLetter(
-                    "rejected_by_segment", doc["files"][file_index], None, event_id, row, exc.detail[:200]
-                )
-                return [], [letter]
+                budget[0] -= 1
+                return [], refused(body, first_event, exc.detail)
             size = len(message_ids(halves[0]))
-            sent_a, letters_a = send_isolating(halves[0], first_event)
-            sent_b, letters_b = send_isolating(halves[1], first_event + size)
+            sent_a, letters_a = send_isolating(halves[0], first_event, budget)
+            sent_b, letters_b = send_isolating(halves[1], first_event + size, budget)
             return sent_a + sent_b, letters_a + letters_b
 
     def run(index: int) -> None:
@@ -145,7 +160,7 @@ def upload_chunk(
             log.warning(
                 "Segment refused batch %s of %s; splitting it to isolate the event", index, chunk_name
             )
-            sent, letters = send_isolating(bodies[index], offset_of(index))
+            sent, letters = send_isolating(bodies[index], offset_of(index), [MAX_ISOLATED])
         record = {"ids": sent, "dead_letters": [dataclasses.asdict(letter) for letter in letters]}
         state.put(f"{acks_prefix(chunk_name)}{index:05d}.json", orjson.dumps(record))
 

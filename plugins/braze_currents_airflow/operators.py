@@ -190,13 +190,25 @@ class PrepareChunksOperator(_CurrentsOperator):
         client = _s3_client_factory(self.aws_conn_id)()
 
         def fetch(key: str) -> bytes:
-            return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            from botocore.exceptions import ClientError
+
+            from braze_currents.reader import DecodeError
+
+            try:
+                return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    # Gone since it was listed: nothing left to send; recorded, not retried forever.
+                    raise DecodeError(
+                        f"s3://{bucket}/{key} no longer exists (deleted after listing)"
+                    ) from None
+                raise
 
         state = self.store(self.state)
         params = context["params"]
         force = bool(params.get("force", False))
         retry = bool(params.get("retry_dead_letters", False))
-        late: dict[str, str] = {}  # key -> folder of the window the late file belongs to
+        late: dict[str, list[Any]] = {}  # folder of an earlier window -> its late files
         if force:
             # A forced run re-sends on purpose: its chunks and ledger entries get a folder of their own.
             folder = f"{folder}/force-{context['run_id']}".replace(":", "-").replace("+", "-")
@@ -215,53 +227,66 @@ class PrepareChunksOperator(_CurrentsOperator):
             skipped = [obj for obj in objects if (obj.key, obj.etag) in done and obj.key not in retry_keys]
             objects = [obj for obj in objects if (obj.key, obj.etag) not in done or obj.key in retry_keys]
             already_sent = sent_ids(state, window_dir)
-            late_objects = self._late_files(state, objects, retry_keys, late)
-            for origin in sorted(set(late.values())):
-                already_sent |= sent_ids(state, origin)
-            objects.extend(late_objects)
+            late = self._late_files(state, objects, retry_keys, context["run_id"])
             self.log.info(
                 "Window %s: %s files already done, %s late files from earlier hours, %s events already "
                 "acknowledged; sending the rest",
                 window,
                 len(skipped),
-                len(late_objects),
+                sum(len(found) for found in late.values()),
                 len(already_sent),
             )
-        settings = PrepareSettings(
-            event_types=frozenset(self.event_types),
-            message_id_prefix=self.message_id_prefix,
-            integrations=self.integrations,
-            chunk_events=self._chunk_events(objects),
-        )
         staging = self.store(self.staging)
-        result = prepare_window(
-            objects,
-            fetch,
-            mapping=mapping,
-            settings=settings,
-            staging=staging,
-            folder=folder,
-            seen_ids=already_sent,
-        )
+        # The window's own files, then each earlier window's late files. Late files are staged and
+        # acknowledged under their own window's folder, so every later run of that window (a rerun, a
+        # dead-letter retry, another late pass) sees what was already delivered from them.
+        groups = [(folder, objects, already_sent, None)]
+        run_folder = "late-" + context["run_id"].replace(":", "-").replace("+", "-")
+        for origin, found in sorted(late.items()):
+            groups.append((f"{origin}/{run_folder}", found, sent_ids(state, origin), origin))
+        results = []
+        for group_folder, group_objects, group_sent, origin in groups:
+            settings = PrepareSettings(
+                event_types=frozenset(self.event_types),
+                message_id_prefix=self.message_id_prefix,
+                integrations=self.integrations,
+                chunk_events=self._chunk_events(group_objects),
+            )
+            result = prepare_window(
+                group_objects,
+                fetch,
+                mapping=mapping,
+                settings=settings,
+                staging=staging,
+                folder=group_folder,
+                seen_ids=group_sent,
+            )
+            if origin is not None:
+                for source in result.source_files:
+                    source.update(late_from=origin.rsplit("date=", 1)[-1], origin_folder=origin)
+            results.append(result)
+        letters = [letter for result in results for letter in result.dead_letters]
         # Dead letters stay in the window's own folder, forced run or not: the summary reads them there.
-        self.store(self.dead_letters).put(
-            f"{window_dir}/prepare-dead-letters.ndjson", to_ndjson(result.dead_letters)
-        )
-        for source in result.source_files:
-            if source["key"] in late:
-                origin = late[source["key"]]
-                source.update(late_from=origin.rsplit("date=", 1)[-1], origin_folder=origin)
-        chunks = [{**dataclasses.asdict(chunk), "label": chunk.label()} for chunk in result.chunks]
+        self.store(self.dead_letters).put(f"{window_dir}/prepare-dead-letters.ndjson", to_ndjson(letters))
+        chunks = [
+            {**dataclasses.asdict(chunk), "label": chunk.label()}
+            for result in results
+            for chunk in result.chunks
+        ]
+        dropped: dict[str, int] = {}
+        for result in results:
+            for reason, count in result.dropped.items():
+                dropped[reason] = dropped.get(reason, 0) + count
         counts = {
-            "files": result.files,
-            "files_failed": result.files_failed,
+            "files": sum(result.files for result in results),
+            "files_failed": sum(result.files_failed for result in results),
             "files_already_done": len(skipped),
-            "files_listed_twice": result.files_listed_twice,
-            "late_files": len(late),
-            "events_read": result.events_read,
-            "dropped": dict(result.dropped),
-            "dead_lettered_prepare": result.dead_lettered,
-            "staged": result.staged_events,
+            "files_listed_twice": sum(result.files_listed_twice for result in results),
+            "late_files": sum(len(found) for found in late.values()),
+            "events_read": sum(result.events_read for result in results),
+            "dropped": dropped,
+            "dead_lettered_prepare": sum(result.dead_lettered for result in results),
+            "staged": sum(result.staged_events for result in results),
             "chunks": len(chunks),
             "batches": sum(chunk["batches"] for chunk in chunks),
         }
@@ -275,35 +300,36 @@ class PrepareChunksOperator(_CurrentsOperator):
             counts["chunks"],
             counts["batches"],
             counts["dropped"],
-            len(result.dead_letters),
+            len(letters),
         )
         prepared = {
             "window": window,
             "run_id": context["run_id"],
             "folder": folder,
+            "late_folders": [group[0] for group in groups[1:]],
             "chunks": chunks,
             "counts": counts,
-            "source_files": result.source_files,
+            "source_files": [source for result in results for source in result.source_files],
         }
         context["ti"].xcom_push(key="prepared", value=prepared)
         return chunks
 
     def _late_files(
-        self, state: Store, current: list[Any], retry_keys: set[str], late: dict[str, str]
-    ) -> list:
-        """Return files of earlier hours that their window's finished run has not accounted for.
+        self, state: Store, current: list[Any], retry_keys: set[str], run_id: str
+    ) -> dict[str, list[Any]]:
+        """Return, by window folder, files of earlier hours that their window's run has not accounted for.
 
         A window whose run has not finished yet is left alone: its own run (or rerun) sends its files.
-        Fills ``late`` with each late file's window folder.
+        Each late file is claimed in the ledger first, so two runs working at once never both send it.
         """
         from braze_currents.reader import ListedObject
-        from braze_currents.report import done_files, window_finished
+        from braze_currents.report import claim_late_file, done_files, window_finished
 
         by_window: dict[str, list[dict[str, Any]]] = {}
         for obj in self.listing.get("earlier_objects", []):
             by_window.setdefault(obj["window"], []).append(obj)
         taken = {obj.key for obj in current}
-        found = []
+        late: dict[str, list[Any]] = {}
         for past, candidates in sorted(by_window.items()):
             origin = window_folder(self.current_name, past)
             if not window_finished(state, origin):
@@ -314,9 +340,13 @@ class PrepareChunksOperator(_CurrentsOperator):
                 if key in taken or ((key, obj["etag"]) in done and key not in retry_keys):
                     continue
                 taken.add(key)
-                late[key] = origin
-                found.append(ListedObject(**{k: v for k, v in obj.items() if k != "window"}))
-        return found
+                if not claim_late_file(state, origin, key, run_id):
+                    self.log.info("Late file %s is claimed by another run; leaving it to that run", key)
+                    continue
+                late.setdefault(origin, []).append(
+                    ListedObject(**{k: v for k, v in obj.items() if k != "window"})
+                )
+        return late
 
     def _chunk_events(self, objects: list[Any]) -> int:
         """Grow the chunk size when a huge window would otherwise fan out past a few hundred tasks."""

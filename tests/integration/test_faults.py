@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from braze_currents.deadletters import to_ndjson
+from braze_currents.keys import parse_key
 from braze_currents.localstack import LocalServices
 from braze_currents.mapping import load_mapping
 from braze_currents.prepare import PrepareSettings, prepare_window
@@ -66,8 +67,12 @@ class Pipeline:
         write_window(keep, prefix=PREFIX, hour=HOUR, event_types=TYPES[:3], events_per_type=1500)
         seen: set[str] = set()
         self.expected: set[str] = set()
-        for data in written.values():
-            self.expected |= expected_ids(decode_prefix(data), seen)
+        self.in_order: list[str] = []  # the ids to send, in the order the listing reads them
+        for key in sorted(written, key=lambda key: (parse_key(key).event_type, key)):
+            records = decode_prefix(written[key])
+            ids = expected_ids(records, seen)
+            self.expected |= ids
+            self.in_order.extend(record["id"] for record in records if record["id"] in ids)
 
     def client(self, *, read_timeout: float = 5.0) -> SegmentClient:
         return SegmentClient(
@@ -249,3 +254,19 @@ def test_the_ledger_failing_mid_upload_repeats_at_most_the_unrecorded_batches(pi
     _delivered_exactly(pipeline, allowed_repeats=2 * 500)
     assert receiver.stats()["duplicates"] > 0  # the unrecorded batches did go out twice
     assert receiver.stats()["requests"] <= run.batches + 2 * 2
+
+
+def test_a_batch_refused_event_after_event_is_dead_lettered_without_a_request_storm(pipeline):
+    # Every event of about one batch is bad: isolating each would take two requests per event.
+    bad = set(pipeline.in_order[:600])
+    pipeline.services.receiver.refuse_message_ids(bad)
+
+    run = _clean_run(pipeline)
+
+    receiver = pipeline.services.receiver
+    accepted = receiver.accepted_ids()
+    assert not accepted & bad and len(accepted) > len(pipeline.expected) // 2
+    # Past ten bad events a batch counts as refused whole: its other events wait as dead letters.
+    assert run.report["counts"]["dead_lettered"] == len(pipeline.expected) - len(accepted)
+    assert run.report["window_totals"]["unaccounted"] == 0
+    assert receiver.stats()["requests"] < run.batches + 150  # not 2 x 600

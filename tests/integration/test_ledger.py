@@ -140,3 +140,63 @@ def test_dead_letters_are_sent_again_once_the_cause_is_fixed(env):
     assert totals["unaccounted"] == 0
     for entry in _read(workdir, "state", HOUR, "files.json"):
         assert entry["read"] == entry["sent"] + sum(entry["dropped"].values()) + entry["dead_lettered"]
+
+
+def test_a_truncated_file_rewritten_by_braze_is_completed_once_whichever_run_reads_it(env):
+    services, dag, workdir = env
+    window = Window(services)
+    window.hour(HOUR)
+    records = generate_records(TYPES[0], 2000, hour=HOUR, rng=random.Random(9), null_external_ratio=0)
+    whole = encode_avro(records, avro_schema(TYPES[0]), block_size=200)
+    key = build_key(prefix=PREFIX, integration_id="d" * 24, event_type=TYPES[0], hour=HOUR, offset=5)
+    window.put(key, whole[: len(whole) // 2])
+    assert dag.test(logical_date=HOUR).state == "failed"  # the truncated file is a dead letter
+    window.put(key, whole)  # Braze writes the file again, whole: a new ETag
+    window.expected |= expected_ids(records, window.seen)
+
+    assert dag.test(logical_date=HOUR + timedelta(hours=1)).state == "success"  # sends the rest, late
+    assert _read(workdir, "dead_letters", HOUR, "dead_letters.ndjson") == ""  # settled by that run
+    assert dag.test(logical_date=HOUR, run_conf={"retry_dead_letters": True}).state == "success"
+
+    assert services.receiver.accepted_ids() == window.expected
+    assert services.receiver.stats()["duplicates"] == 0
+
+
+def test_a_late_file_half_sent_by_a_failed_run_is_finished_by_the_next_without_repeats(env, monkeypatch):
+    import braze_currents.report
+    from braze_currents.receiver import Fault
+
+    services, dag, workdir = env
+    window = Window(services)
+    window.hour(HOUR)
+    assert dag.test(logical_date=HOUR).state == "success"
+    records = generate_records(TYPES[1], 3000, hour=HOUR, rng=random.Random(4), null_external_ratio=0)
+    key = build_key(prefix=PREFIX, integration_id="e" * 24, event_type=TYPES[1], hour=HOUR, offset=6)
+    window.put(key, encode_avro(records, avro_schema(TYPES[1])))
+    window.expected |= expected_ids(records, window.seen)
+    services.receiver.inject(Fault(delay=0.001, times=1), Fault(status=401))
+    assert dag.test(logical_date=HOUR + timedelta(hours=1)).state == "failed"
+    assert 0 < len(services.receiver.accepted_ids() - (window.expected - expected_ids(records, set())))
+
+    # That run never comes back; once its claim is stale, the next hour's run takes the file over.
+    monkeypatch.setattr(braze_currents.report, "LATE_CLAIM_TTL", timedelta(0))
+    assert dag.test(logical_date=HOUR + timedelta(hours=2)).state == "success"
+
+    assert services.receiver.accepted_ids() == window.expected
+    assert services.receiver.stats()["duplicates"] == 0
+    staged = [p for p in (workdir / "staging").rglob("chunk-*") if "date=2026-11-30-09" in str(p)]
+    assert staged == []
+
+
+def test_only_one_of_two_runs_may_send_a_late_file_until_its_claim_goes_stale(tmp_path):
+    from braze_currents.report import LATE_CLAIM_TTL, claim_late_file
+    from braze_currents.storage import LocalStore
+
+    state, now = LocalStore(tmp_path), datetime(2026, 12, 4, 12, tzinfo=UTC)
+    assert claim_late_file(state, "w", "k.avro", "run-a", now=now)
+    assert not claim_late_file(state, "w", "k.avro", "run-b", now=now)
+    assert claim_late_file(state, "w", "k.avro", "run-a", now=now)  # a retried task keeps its claim
+    assert claim_late_file(state, "w", "other.avro", "run-b", now=now)
+    later = now + LATE_CLAIM_TTL
+    assert claim_late_file(state, "w", "k.avro", "run-b", now=later)
+    assert not claim_late_file(state, "w", "k.avro", "run-a", now=later)

@@ -68,6 +68,8 @@ def test_a_401_midway_fails_the_run_and_the_rerun_completes_without_duplicates(w
     assert services.receiver.accepted_ids() == expected["expected_ids"]
     assert services.receiver.stats()["duplicates"] == 0
     assert _report(workdir)["balanced"] is True
+    # The failed run's chunks (personal data) go with the rerun's once the window is complete.
+    assert not list((workdir / "staging").rglob("chunk-*"))
 
 
 def test_force_resends_the_window_with_the_same_message_ids(window):

@@ -32,14 +32,18 @@ def test_staged_chunks_are_kept_for_the_retention_then_swept(tmp_path):
     for hours_ago, window in ((30, "c/date=2026-12-03-06"), (2, "c/date=2026-12-04-10")):
         staging.put(f"{window}/chunk-0000-aa.ndjson", b"{}\n")
         at = (NOW - timedelta(hours=hours_ago)).isoformat()
-        staging.put(f"{window}/{ACKNOWLEDGED_MARK}", orjson.dumps({"at": at}))
+        mark = {"at": at, "names": [f"{window}/chunk-0000-aa.ndjson"]}
+        staging.put(f"{window}/{ACKNOWLEDGED_MARK}", orjson.dumps(mark))
+        staging.put(f"{window}/chunk-0001-bb.ndjson", b"{}\n")  # a rerun's, staged after the mark
 
     deleted = sweep_staged(staging, "c", timedelta(hours=24), NOW)
 
     assert deleted == 1
     assert list(staging.list("c/")) == [
+        "c/date=2026-12-03-06/chunk-0001-bb.ndjson",
         f"c/date=2026-12-04-10/{ACKNOWLEDGED_MARK}",
         "c/date=2026-12-04-10/chunk-0000-aa.ndjson",
+        "c/date=2026-12-04-10/chunk-0001-bb.ndjson",
     ]
 
 
@@ -63,7 +67,8 @@ def test_a_summary_with_retention_keeps_its_chunks_and_marks_them(tmp_path):
 
     assert report["balanced"] and report["staged_swept"] == 0
     assert staging.exists(chunk["name"])
-    assert orjson.loads(staging.get(f"{folder}/{ACKNOWLEDGED_MARK}")) == {"at": NOW.isoformat()}
+    mark = {"at": NOW.isoformat(), "names": [chunk["name"]]}
+    assert orjson.loads(staging.get(f"{folder}/{ACKNOWLEDGED_MARK}")) == mark
 
 
 def test_a_rerun_that_does_not_read_a_file_keeps_its_dead_letters(tmp_path):
