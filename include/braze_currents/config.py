@@ -36,6 +36,7 @@ _KEYS = {
     "keep_staged": "keep staged chunks after their window is acknowledged (they hold personal data)",
     "staged_retention_hours": "hours staged chunks are kept after their window is acknowledged (default 0)",
     "lookback_hours": "earlier hour partitions each run checks for files that landed late (default 3)",
+    "dry_run": "stage the exact request bodies and report what would be sent; send nothing (default false)",
 }
 _SOURCE_KEYS = {"conn_id", "bucket", "prefix"}
 _SEGMENT_KEYS = {"conn_id", "region"}
@@ -75,6 +76,7 @@ class CurrentConfig:
     keep_staged: bool = False
     staged_retention_hours: int = 0
     lookback_hours: int = 3
+    dry_run: bool = False
 
     @property
     def dag_id(self) -> str:
@@ -244,6 +246,7 @@ def parse_current(entry: Any, index: int, base: Path) -> CurrentConfig:
         keep_staged=_bool(entry, "keep_staged", where),
         staged_retention_hours=_int(entry, "staged_retention_hours", where, 0, 0, 24 * 30),
         lookback_hours=_int(entry, "lookback_hours", where, 3, 0, 72),
+        dry_run=_bool(entry, "dry_run", where),
     )
 
 

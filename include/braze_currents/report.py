@@ -168,6 +168,7 @@ def summarise_window(
     keep_staged: bool = False,
     retention_hours: int = 0,
     now: datetime | None = None,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """Gather a window's counts from the prepare step and the ledger; write its report and dead letters.
 
@@ -181,6 +182,8 @@ def summarise_window(
     :param retention_hours: keep staged chunks this long after their window is acknowledged;
         0 deletes them at once.
     :param now: the current time (for tests).
+    :param dry_run: the run staged its batches without sending them: report what would have been sent,
+        from ``folder`` (the dry run's own), and leave the ledger and the staged bodies alone.
     """
     now = now or datetime.now(UTC)
     stamp = now.isoformat(timespec="seconds")
@@ -197,6 +200,30 @@ def summarise_window(
 
     event_letters = sum(1 for letter in run_letters if letter.id is not None)
     dropped = sum(counts["dropped"].values())
+    if dry_run:
+        would_send = counts["staged"]
+        report = {
+            "window": prepared["window"],
+            "run_id": prepared.get("run_id"),
+            "dry_run": True,
+            "finished_at": stamp,
+            "would_send": would_send,
+            "counts": {**counts, "sent": 0, "dead_lettered": event_letters},
+            "balance": {
+                "read": counts["events_read"],
+                "would_send": would_send,
+                "dropped": dropped,
+                "dead_lettered": event_letters,
+                "unaccounted": counts["events_read"] - would_send - dropped - event_letters,
+            },
+            "request_bodies": [chunk["name"] for chunk in prepared["chunks"]],
+            "files": prepared.get("source_files", []),
+            "dead_letters": len(run_letters),
+        }
+        report["balanced"] = report["balance"]["unaccounted"] == 0
+        dead_letters.put(f"{folder}/dead_letters.ndjson", to_ndjson(run_letters))
+        dead_letters.put(f"{folder}/report.json", orjson.dumps(report, option=orjson.OPT_INDENT_2))
+        return report
     counts.update(
         sent=sent,
         dead_lettered=event_letters,

@@ -63,6 +63,11 @@ def build_dag(current: CurrentConfig) -> DAG:
                 type="boolean",
                 description="Re-send the whole window even where the ledger records it as delivered",
             ),
+            "dry_run": Param(
+                current.dry_run,
+                type="boolean",
+                description="Stage the exact request bodies and report what would be sent; send nothing",
+            ),
             "retry_dead_letters": Param(
                 False,
                 type="boolean",

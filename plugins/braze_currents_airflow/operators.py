@@ -208,10 +208,15 @@ class PrepareChunksOperator(_CurrentsOperator):
         params = context["params"]
         force = bool(params.get("force", False))
         retry = bool(params.get("retry_dead_letters", False))
+        dry_run = bool(params.get("dry_run", False))
+        safe_run = context["run_id"].replace(":", "-").replace("+", "-")
         late: dict[str, list[Any]] = {}  # folder of an earlier window -> its late files
+        if dry_run:
+            # A dry run stages the exact request bodies where the user can read them, and sends nothing.
+            folder = f"{folder}/dry-run-{safe_run}"
         if force:
             # A forced run re-sends on purpose: its chunks and ledger entries get a folder of their own.
-            folder = f"{folder}/force-{context['run_id']}".replace(":", "-").replace("+", "-")
+            folder = folder if dry_run else f"{folder}/force-{safe_run}"
             already_sent: set[str] = set()
             skipped = []
         else:
@@ -227,7 +232,7 @@ class PrepareChunksOperator(_CurrentsOperator):
             skipped = [obj for obj in objects if (obj.key, obj.etag) in done and obj.key not in retry_keys]
             objects = [obj for obj in objects if (obj.key, obj.etag) not in done or obj.key in retry_keys]
             already_sent = sent_ids(state, window_dir)
-            late = self._late_files(state, objects, retry_keys, context["run_id"])
+            late = self._late_files(state, objects, retry_keys, context["run_id"], claim=not dry_run)
             self.log.info(
                 "Window %s: %s files already done, %s late files from earlier hours, %s events already "
                 "acknowledged; sending the rest",
@@ -241,9 +246,11 @@ class PrepareChunksOperator(_CurrentsOperator):
         # acknowledged under their own window's folder, so every later run of that window (a rerun, a
         # dead-letter retry, another late pass) sees what was already delivered from them.
         groups = [(folder, objects, already_sent, None)]
-        run_folder = "late-" + context["run_id"].replace(":", "-").replace("+", "-")
         for origin, found in sorted(late.items()):
-            groups.append((f"{origin}/{run_folder}", found, sent_ids(state, origin), origin))
+            late_folder = (
+                f"{folder}/late-{origin.rsplit('=', 1)[-1]}" if dry_run else f"{origin}/late-{safe_run}"
+            )
+            groups.append((late_folder, found, sent_ids(state, origin), origin))
         results = []
         for group_folder, group_objects, group_sent, origin in groups:
             settings = PrepareSettings(
@@ -267,7 +274,8 @@ class PrepareChunksOperator(_CurrentsOperator):
             results.append(result)
         letters = [letter for result in results for letter in result.dead_letters]
         # Dead letters stay in the window's own folder, forced run or not: the summary reads them there.
-        self.store(self.dead_letters).put(f"{window_dir}/prepare-dead-letters.ndjson", to_ndjson(letters))
+        letters_folder = folder if dry_run else window_dir
+        self.store(self.dead_letters).put(f"{letters_folder}/prepare-dead-letters.ndjson", to_ndjson(letters))
         chunks = [
             {**dataclasses.asdict(chunk), "label": chunk.label()}
             for result in results
@@ -305,6 +313,7 @@ class PrepareChunksOperator(_CurrentsOperator):
         prepared = {
             "window": window,
             "run_id": context["run_id"],
+            "dry_run": dry_run,
             "folder": folder,
             "late_folders": [group[0] for group in groups[1:]],
             "chunks": chunks,
@@ -315,7 +324,7 @@ class PrepareChunksOperator(_CurrentsOperator):
         return chunks
 
     def _late_files(
-        self, state: Store, current: list[Any], retry_keys: set[str], run_id: str
+        self, state: Store, current: list[Any], retry_keys: set[str], run_id: str, *, claim: bool = True
     ) -> dict[str, list[Any]]:
         """Return, by window folder, files of earlier hours that their window's run has not accounted for.
 
@@ -340,7 +349,7 @@ class PrepareChunksOperator(_CurrentsOperator):
                 if key in taken or ((key, obj["etag"]) in done and key not in retry_keys):
                     continue
                 taken.add(key)
-                if not claim_late_file(state, origin, key, run_id):
+                if claim and not claim_late_file(state, origin, key, run_id):
                     self.log.info("Late file %s is claimed by another run; leaving it to that run", key)
                     continue
                 late.setdefault(origin, []).append(
@@ -394,6 +403,16 @@ class UploadChunkOperator(_CurrentsOperator):
         from braze_currents.upload import upload_chunk
 
         context["chunk_label"] = self.chunk.get("label", self.chunk["chunk_id"])
+        if context["params"].get("dry_run", False):
+            self.log.info(
+                "Dry run: chunk %s holds %s events in %s batches, staged as %s/%s; nothing sent",
+                self.chunk["chunk_id"],
+                self.chunk["events"],
+                self.chunk["batches"],
+                self.store(self.staging).uri,
+                self.chunk["name"],
+            )
+            return {"chunk_id": self.chunk["chunk_id"], "sent": 0, "dead_letters": 0, "dry_run": True}
         try:
             client = self.hook.get_client(pool_size=self.concurrency)
         except ValueError as exc:
@@ -473,6 +492,8 @@ class SummariseWindowOperator(_CurrentsOperator):
             self.store(self.dead_letters),
         )
         folder = window_folder(self.current_name, self.prepared["window"])
+        if self.prepared.get("dry_run"):
+            folder = self.prepared["folder"]
         report = summarise_window(
             self.prepared,
             self.listing or {},
@@ -482,8 +503,25 @@ class SummariseWindowOperator(_CurrentsOperator):
             folder=folder,
             keep_staged=self.keep_staged,
             retention_hours=self.staged_retention_hours,
+            dry_run=bool(self.prepared.get("dry_run")),
         )
         counts = report["counts"]
+        if report.get("dry_run"):
+            self.log.info(
+                "Dry run of window %s: would send %s events in %s batches (files=%s read=%s dropped=%s "
+                "dead_lettered=%s); request bodies: %s; report: %s/%s/report.json",
+                report["window"],
+                report["would_send"],
+                counts["batches"],
+                counts["files"],
+                counts["events_read"],
+                counts["dropped"],
+                counts["dead_lettered"],
+                f"{staging.uri}/{folder}/",
+                letters.uri,
+                folder,
+            )
+            return report
         self.log.info(
             "Window %s: files=%s read=%s sent=%s dropped=%s dead_lettered=%s batches=%s",
             report["window"],

@@ -72,3 +72,43 @@ def test_the_check_file_is_parsed_in_safe_mode(tmp_path, monkeypatch):
     from airflow.utils.file import might_contain_dag
 
     assert might_contain_dag(CHECK_FILE, safe_mode=True)
+
+
+def test_the_dag_processor_stores_the_error_where_the_ui_reads_it(tmp_path):
+    """Parse the folder as Airflow does and read the import errors back from the metadata database."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "exports.yaml"
+    config.write_text(CONFIG)
+    home = tmp_path / "airflow"
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "BRAZE_CURRENTS_CONFIG": str(config),
+    }
+
+    def airflow(*args: str, expect: int = 0) -> str:
+        command = [sys.executable, "-m", "airflow", *args]
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        assert done.returncode == expect, done.stderr[-2000:]
+        return done.stdout
+
+    def listed(*args: str, expect: int = 0) -> list[dict]:
+        # Log lines (such as a graphviz warning) share stdout with the JSON list.
+        out = airflow(*args, "-o", "json", expect=expect)
+        return json.loads(next(line for line in out.splitlines() if line.startswith("[")))
+
+    airflow("db", "migrate")
+    airflow("dags", "reserialize")
+    # list-import-errors exits 1 when there are import errors.
+    errors = listed("dags", "list-import-errors", expect=1)
+    dags = listed("dags", "list")
+
+    assert [error["filepath"] for error in errors] == ["currents_config_check.py"]
+    assert "Current 'gamma'.source.bucket: missing" in errors[0]["error"]
+    assert [dag["dag_id"] for dag in dags] == ["currents_to_segment_alpha"]

@@ -200,3 +200,30 @@ def test_only_one_of_two_runs_may_send_a_late_file_until_its_claim_goes_stale(tm
     later = now + LATE_CLAIM_TTL
     assert claim_late_file(state, "w", "k.avro", "run-b", now=later)
     assert not claim_late_file(state, "w", "k.avro", "run-a", now=later)
+
+
+def test_a_dry_run_stages_the_exact_bodies_sends_nothing_and_leaves_the_ledger_alone(env):
+    services, dag, workdir = env
+    window = Window(services)
+    window.hour(HOUR)
+
+    assert dag.test(logical_date=HOUR, run_conf={"dry_run": True}).state == "success"
+
+    assert services.receiver.stats()["requests"] == 0
+    (folder,) = (workdir / "staging" / "test" / f"date={partition_name(HOUR)}").glob("dry-run-*")
+    raw = [
+        line for chunk in sorted(folder.glob("chunk-*.ndjson")) for line in chunk.read_bytes().splitlines()
+    ]
+    bodies = [json.loads(line) for line in raw]
+    staged = [event["messageId"] for body in bodies for event in body["batch"]]
+    assert len(staged) == len(set(staged)) and set(staged) == window.expected
+    assert all(len(line) <= 475_000 for line in raw) and all(len(body["batch"]) <= 2500 for body in bodies)
+    report = json.loads(
+        (workdir / "dead_letters" / folder.relative_to(workdir / "staging") / "report.json").read_text()
+    )
+    assert report["dry_run"] is True and report["would_send"] == len(window.expected) and report["balanced"]
+    assert not (workdir / "state" / "test" / f"date={partition_name(HOUR)}" / "files.json").exists()
+
+    # The real run still sends everything. (dag.test keeps the last run_conf in the DAG's params.)
+    assert dag.test(logical_date=HOUR, run_conf={"dry_run": False}).state == "success"
+    assert services.receiver.accepted_ids() == window.expected
