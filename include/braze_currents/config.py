@@ -24,6 +24,7 @@ _KEYS = {
     "dead_letters": "folder or s3:// location for dead letters and reports",
     "state": "folder or s3:// location for the delivery ledger",
     "mapping_file": "the event mapping file, relative to this config file",
+    "mapping_overrides": "per event type (or all): event, include, drop, rename, properties, context",
     "message_id_prefix": "text put before each Currents id to form the Segment messageId",
     "integrations": "the Segment integrations object of every batch",
     "chunk_events": "about how many events one upload task sends",
@@ -77,6 +78,7 @@ class CurrentConfig:
     staged_retention_hours: int = 0
     lookback_hours: int = 3
     dry_run: bool = False
+    mapping_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def dag_id(self) -> str:
@@ -213,6 +215,12 @@ def parse_current(entry: Any, index: int, base: Path) -> CurrentConfig:
     if not isinstance(integrations, dict):
         raise ConfigError(f"{where}.integrations: a mapping such as {{Braze: false}}")
     mapping_file = entry.get("mapping_file", "segment_mapping.yaml")
+    from braze_currents.mapping import MappingError, check_overrides
+
+    try:
+        overrides = check_overrides(entry.get("mapping_overrides"), f"{where}.mapping_overrides")
+    except MappingError as exc:
+        raise ConfigError(str(exc)) from None
     on_dead_letters = entry.get("on_dead_letters", "fail")
     if on_dead_letters not in ("fail", "warn"):
         raise ConfigError(f"{where}.on_dead_letters: {_KEYS['on_dead_letters']}; got {on_dead_letters!r}")
@@ -247,6 +255,7 @@ def parse_current(entry: Any, index: int, base: Path) -> CurrentConfig:
         staged_retention_hours=_int(entry, "staged_retention_hours", where, 0, 0, 24 * 30),
         lookback_hours=_int(entry, "lookback_hours", where, 3, 0, 72),
         dry_run=_bool(entry, "dry_run", where),
+        mapping_overrides=overrides,
     )
 
 

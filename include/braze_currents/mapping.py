@@ -29,6 +29,8 @@ class EventSpec:
     context: tuple[tuple[str, tuple[str, ...]], ...] = ()
     skip: frozenset[str] = IDENTITY_FIELDS
     rename: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    constants: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    context_constants: tuple[tuple[tuple[str, ...], Any], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +171,91 @@ def message_id(event_id: str, prefix: str = "") -> str:
     return value
 
 
+OVERRIDE_KEYS = {
+    "event": "the Segment event name",
+    "include": "only these Currents fields become properties (after drop)",
+    "drop": "Currents fields never sent",
+    "rename": "Currents field -> property name",
+    "properties": "constant properties added to every event",
+    "context": "constant context fields, by dotted path (e.g. app.name: My App)",
+}
+
+
+def check_overrides(overrides: Any, where: str) -> dict[str, dict[str, Any]]:
+    """Check a Current's ``mapping_overrides`` and return them keyed by dotted event type (or ``all``).
+
+    :param overrides: ``{"all" | event type: {event, include, drop, rename, properties, context}}``.
+    :param where: names the setting in errors, e.g. ``Current 'main'.mapping_overrides``.
+    :raises MappingError: naming the entry and key at fault.
+    """
+    from braze_currents.catalog import UnknownEventTypeError, canonical_event_type
+
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, dict):
+        raise MappingError(f"{where}: a mapping of 'all' or event types to overrides")
+    checked: dict[str, dict[str, Any]] = {}
+    for name, entry in overrides.items():
+        try:
+            event_type = "all" if name == "all" else canonical_event_type(str(name))
+        except UnknownEventTypeError as exc:
+            raise MappingError(f"{where}: {exc}") from None
+        here = f"{where}.{name}"
+        if not isinstance(entry, dict):
+            raise MappingError(f"{here}: a mapping with keys among {', '.join(OVERRIDE_KEYS)}")
+        unknown = sorted(set(entry) - set(OVERRIDE_KEYS))
+        if unknown:
+            raise MappingError(f"{here}: unknown keys {unknown}; allowed: {', '.join(OVERRIDE_KEYS)}")
+        if "event" in entry:
+            if event_type == "all":
+                raise MappingError(f"{here}.event: an event name belongs to one event type, not 'all'")
+            if not isinstance(entry["event"], str) or not entry["event"].strip():
+                raise MappingError(f"{here}.event: a non-empty Segment event name")
+        for key in ("include", "drop"):
+            _as_list(entry.get(key), f"{here}.{key}")
+        _as_dict(entry.get("rename"), f"{here}.rename")
+        for key in ("properties", "context"):
+            value = entry.get(key, {})
+            if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
+                raise MappingError(f"{here}.{key}: a mapping of names to values")
+        for path in entry.get("context", {}):
+            if path.split(".")[0] == "integration" or ".." in path or path.endswith("."):
+                raise MappingError(f"{here}.context: path {path!r} is reserved or malformed")
+        checked[event_type] = entry
+    return checked
+
+
+def apply_overrides(mapping: EventMapping, overrides: Mapping[str, Mapping[str, Any]]) -> EventMapping:
+    """Return the mapping with a Current's overrides laid over it (``all`` first, then per type).
+
+    :param mapping: the mapping from the mapping file.
+    :param overrides: checked by :func:`check_overrides`.
+    """
+    if not overrides:
+        return mapping
+    shared = overrides.get("all", {})
+    specs = {}
+    for event_type, spec in mapping.specs.items():
+        own = overrides.get(event_type, {})
+        drop = set(shared.get("drop", [])) | set(own.get("drop", []))
+        skip = set(spec.skip) | drop
+        include = own.get("include", shared.get("include"))
+        if include is not None:
+            fields = {field["name"] for field in field_lists().get(event_type, [])}
+            skip |= fields - set(include)
+        context = {**shared.get("context", {}), **own.get("context", {})}
+        specs[event_type] = dataclasses.replace(
+            spec,
+            event=own.get("event", spec.event).strip(),
+            skip=frozenset(skip),
+            rename={**spec.rename, **shared.get("rename", {}), **own.get("rename", {})},
+            constants={**spec.constants, **shared.get("properties", {}), **own.get("properties", {})},
+            context_constants=spec.context_constants
+            + tuple((tuple(path.split(".")), value) for path, value in context.items()),
+        )
+    return EventMapping(specs, f"{mapping.source} with the Current's mapping_overrides")
+
+
 class MessageBuilder:
     """Build the ``track`` messages of one event type, with the per-type lookups done once.
 
@@ -205,6 +292,13 @@ class MessageBuilder:
             for part in path[:-1]:
                 node = node.setdefault(part, {})
             node[path[-1]] = value
+        for path, value in spec.context_constants:
+            node = context
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            node[path[-1]] = value
+        if spec.constants:
+            properties.update(spec.constants)
         seconds, millis = record["time"], record.get("time_ms")
         if millis is not None:
             timestamp = iso_timestamp(seconds, millis)

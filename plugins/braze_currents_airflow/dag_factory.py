@@ -99,6 +99,7 @@ def build_dag(current: CurrentConfig) -> DAG:
             listing=listing.output,
             event_types=current.event_types,
             mapping_file=current.mapping_file,
+            mapping_overrides=current.mapping_overrides,
             message_id_prefix=current.message_id_prefix,
             integrations=current.integrations,
             chunk_events=current.chunk_events,

@@ -144,6 +144,7 @@ class PrepareChunksOperator(_CurrentsOperator):
     :param listing: the output of :class:`ListWindowFilesOperator`.
     :param event_types: the event types to send.
     :param mapping_file: the event mapping file.
+    :param mapping_overrides: the Current's overrides on top of it (checked by the config).
     :param message_id_prefix: text before each Currents id in the messageId.
     :param integrations: the ``integrations`` object of every batch.
     :param chunk_events: about how many events one chunk holds.
@@ -157,6 +158,7 @@ class PrepareChunksOperator(_CurrentsOperator):
         listing: Any,
         event_types: Sequence[str],
         mapping_file: str,
+        mapping_overrides: dict[str, Any] | None = None,
         message_id_prefix: str = "",
         integrations: dict[str, Any] | None = None,
         chunk_events: int = 50_000,
@@ -166,20 +168,21 @@ class PrepareChunksOperator(_CurrentsOperator):
         self.listing = listing
         self.event_types = list(event_types)
         self.mapping_file = mapping_file
+        self.mapping_overrides = mapping_overrides or {}
         self.message_id_prefix = message_id_prefix
         self.integrations = {"Braze": False} if integrations is None else integrations
         self.chunk_events = chunk_events
 
     def execute(self, context: Any) -> list[dict[str, Any]]:
         from braze_currents.deadletters import to_ndjson
-        from braze_currents.mapping import MappingError, load_mapping
+        from braze_currents.mapping import MappingError, apply_overrides, load_mapping
         from braze_currents.prepare import PrepareSettings, prepare_window
         from braze_currents.reader import ListedObject
         from braze_currents.report import done_files, open_dead_letters
         from braze_currents.upload import sent_ids
 
         try:
-            mapping = load_mapping(self.mapping_file)
+            mapping = apply_overrides(load_mapping(self.mapping_file), self.mapping_overrides)
         except MappingError as exc:
             raise AirflowFailException(str(exc)) from None
         window = self.listing["window"]
