@@ -25,10 +25,13 @@ _KEYS = {
     "state": "folder or s3:// location for the delivery ledger",
     "mapping_file": "the event mapping file, relative to this config file",
     "mapping_overrides": "per event type (or all): event, include, drop, rename, properties, context",
+    "filters": "allow/deny lists of campaign_ids, canvas_ids, app_group_ids, and a pandas query",
+    "anonymous_users": "send events without an external id with anonymousId = Braze user id (default false)",
     "message_id_prefix": "text put before each Currents id to form the Segment messageId",
     "integrations": "the Segment integrations object of every batch",
     "chunk_events": "about how many events one upload task sends",
     "upload_concurrency": "requests in flight per upload task",
+    "rate_limit": "requests_per_second and/or events_per_second, a cap shared by upload tasks in one process",
     "retries": "Airflow retries per task",
     "catchup": "whether the scheduler creates runs for past hours since start_date",
     "max_active_runs": "windows processed at once",
@@ -41,6 +44,7 @@ _KEYS = {
 }
 _SOURCE_KEYS = {"conn_id", "bucket", "prefix"}
 _SEGMENT_KEYS = {"conn_id", "region"}
+_RATE_KEYS = {"requests_per_second", "events_per_second"}
 REGIONS = ("us", "eu")
 _START_EXAMPLE = "start_date: '2026-12-01T00:00:00Z'"
 
@@ -79,6 +83,10 @@ class CurrentConfig:
     lookback_hours: int = 3
     dry_run: bool = False
     mapping_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    filters: dict[str, Any] = dataclasses.field(default_factory=dict)
+    anonymous_users: bool = False
+    requests_per_second: float | None = None
+    events_per_second: float | None = None
 
     @property
     def dag_id(self) -> str:
@@ -118,6 +126,30 @@ def _bool(entry: dict, key: str, where: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{where}.{key}: write true or false (without quotes), got {value!r}")
     return value
+
+
+def _rate_limit(entry: dict, where: str) -> tuple[float | None, float | None]:
+    """Check ``rate_limit`` and return (requests per second, events per second), None where uncapped."""
+    limit = entry.get("rate_limit")
+    if limit is None:
+        return None, None
+    if not isinstance(limit, dict) or not limit:
+        raise ConfigError(
+            f"{where}.rate_limit: a mapping with requests_per_second and/or events_per_second, "
+            "e.g. {events_per_second: 1000}"
+        )
+    _unknown(set(limit), _RATE_KEYS, f"{where}.rate_limit")
+    caps = []
+    for key in ("requests_per_second", "events_per_second"):
+        value = limit.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1_000_000
+        ):
+            raise ConfigError(
+                f"{where}.rate_limit.{key}: a number above 0 and at most 1000000, got {value!r}"
+            )
+        caps.append(None if value is None else float(value))
+    return caps[0], caps[1]
 
 
 def _unknown(keys: set, allowed: set, where: str) -> None:
@@ -221,12 +253,19 @@ def parse_current(entry: Any, index: int, base: Path) -> CurrentConfig:
         overrides = check_overrides(entry.get("mapping_overrides"), f"{where}.mapping_overrides")
     except MappingError as exc:
         raise ConfigError(str(exc)) from None
+    from braze_currents.filters import FilterError, check_filters
+
+    try:
+        check_filters(entry.get("filters"), f"{where}.filters")
+    except FilterError as exc:
+        raise ConfigError(str(exc)) from None
     on_dead_letters = entry.get("on_dead_letters", "fail")
     if on_dead_letters not in ("fail", "warn"):
         raise ConfigError(f"{where}.on_dead_letters: {_KEYS['on_dead_letters']}; got {on_dead_letters!r}")
     tags = entry.get("tags", [])
     if not isinstance(tags, list):
         raise ConfigError(f"{where}.tags: a list of strings")
+    requests_per_second, events_per_second = _rate_limit(entry, where)
     return CurrentConfig(
         name=name,
         start_date=start_date,
@@ -256,6 +295,10 @@ def parse_current(entry: Any, index: int, base: Path) -> CurrentConfig:
         lookback_hours=_int(entry, "lookback_hours", where, 3, 0, 72),
         dry_run=_bool(entry, "dry_run", where),
         mapping_overrides=overrides,
+        filters=dict(entry.get("filters") or {}),
+        anonymous_users=_bool(entry, "anonymous_users", where),
+        requests_per_second=requests_per_second,
+        events_per_second=events_per_second,
     )
 
 

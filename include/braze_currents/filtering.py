@@ -68,10 +68,9 @@ class SeenIds:
         while len(self._runs) > 1 and len(self._runs[-2][0]) <= 2 * len(self._runs[-1][0]):
             newer_high, newer_low = self._runs.pop()
             older_high, older_low = self._runs[-1]
-            high = np.concatenate([older_high, newer_high])
-            low = np.concatenate([older_low, newer_low])
-            order = np.argsort(high, kind="stable")
-            self._runs[-1] = (high[order], low[order])
+            # Inserting the smaller sorted run into the larger keeps both sorted with one new array each.
+            at = np.searchsorted(older_high, newer_high)
+            self._runs[-1] = (np.insert(older_high, at, newer_high), np.insert(older_low, at, newer_low))
 
 
 @dataclasses.dataclass
@@ -102,6 +101,7 @@ def select_rows(
     *,
     already_sent: Collection[str] = (),
     message_id_prefix: str = "",
+    anonymous: bool = False,
 ) -> Selection:
     """Decide what happens to each record of a batch, and record the ids taken in ``seen``.
 
@@ -114,6 +114,8 @@ def select_rows(
     :param seen: the ids taken so far in the window; updated.
     :param already_sent: messageIds the ledger records as delivered.
     :param message_id_prefix: put before each id to form its messageId.
+    :param anonymous: a record without an external user id but with a Braze ``user_id`` is sent too
+        (as an anonymous event) instead of being ``NO_EXTERNAL_ID``.
     """
     import numpy as np
     import pandas as pd
@@ -124,6 +126,9 @@ def select_rows(
     external = pd.Series([record.get("external_user_id") for record in records], dtype="str").str.strip()
     has_id = np.fromiter((type(value) is str and value != "" for value in id_values), bool, len(id_values))
     has_external = (external.notna() & external.ne("")).to_numpy(dtype=bool)
+    if anonymous:
+        braze_ids = pd.Series([record.get("user_id") for record in records], dtype="str").str.strip()
+        has_external = has_external | (braze_ids.notna() & braze_ids.ne("")).to_numpy(dtype=bool)
 
     outcome = np.full(len(records), SEND, dtype=np.int8)
     outcome[~has_external] = NO_EXTERNAL_ID

@@ -271,11 +271,14 @@ class MessageBuilder:
         self.prefix = message_id_prefix
         self.integration = integration or integration_context()
 
-    def build(self, record: Mapping[str, Any], user_id: str) -> dict[str, Any]:
+    def build(
+        self, record: Mapping[str, Any], user_id: str | None, *, anonymous_id: str | None = None
+    ) -> dict[str, Any]:
         """Build one message from a decoded Currents record.
 
         :param record: the decoded event.
         :param user_id: the identity to send (the stripped external user id).
+        :param anonymous_id: without ``user_id``, the ``anonymousId`` to send (the Braze user id).
         """
         spec = self.spec
         skip, rename = spec.skip, spec.rename
@@ -308,6 +311,16 @@ class MessageBuilder:
         message_id = f"{self.prefix}{event_id}"
         if len(message_id) > MAX_MESSAGE_ID_LENGTH:
             raise ValueError(f"messageId would be {len(message_id)} characters; Segment requires under 100")
+        if user_id is None:
+            return {
+                "type": "track",
+                "anonymousId": anonymous_id,
+                "event": spec.event,
+                "messageId": message_id,
+                "timestamp": timestamp,
+                "properties": properties,
+                "context": context,
+            }
         return {
             "type": "track",
             "userId": user_id,

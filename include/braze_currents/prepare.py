@@ -28,6 +28,7 @@ from braze_currents.filtering import (
     SeenIds,
     select_rows,
 )
+from braze_currents.filters import EventFilters
 from braze_currents.mapping import EventMapping, MessageBuilder, integration_context
 from braze_currents.reader import DecodeError, ListedObject, RecordBatches
 from braze_currents.storage import Store
@@ -39,6 +40,7 @@ DROP_NOT_SELECTED = "event_type_not_selected"
 DROP_NO_EXTERNAL_ID = "missing_external_user_id"
 DROP_DUPLICATE = "duplicate_id"
 DROP_ALREADY_SENT = "already_sent"
+_HAND_OVER_EVENTS = 256
 _DROP_REASONS = (
     (NO_EXTERNAL_ID, DROP_NO_EXTERNAL_ID),
     (DUPLICATE, DROP_DUPLICATE),
@@ -56,6 +58,8 @@ class PrepareSettings:
     :param chunk_events: about how many events one chunk (one upload task) holds.
     :param max_batch_events: most events in one request.
     :param max_batch_bytes: most bytes in one request body.
+    :param filters: the Current's event filters; each event they hold back is counted by filter.
+    :param anonymous: send events without an external user id under ``anonymousId`` (Braze user id).
     """
 
     event_types: frozenset[str]
@@ -64,6 +68,8 @@ class PrepareSettings:
     chunk_events: int = 50_000
     max_batch_events: int = 2500
     max_batch_bytes: int = 475_000
+    filters: EventFilters = dataclasses.field(default_factory=EventFilters)
+    anonymous: bool = False
 
 
 @dataclasses.dataclass
@@ -259,7 +265,11 @@ def prepare_window(
                 result.dropped[DROP_NOT_SELECTED] += len(records)
                 continue
             selection = select_rows(
-                records, seen, already_sent=already_sent, message_id_prefix=settings.message_id_prefix
+                records,
+                seen,
+                already_sent=already_sent,
+                message_id_prefix=settings.message_id_prefix,
+                anonymous=settings.anonymous,
             )
             for row in selection.rows(MISSING_ID):
                 result.dead_letters.append(DeadLetter("missing_id", key, event_type, "", first_row + row))
@@ -268,31 +278,44 @@ def prepare_window(
                 if count:
                     result.dropped[reason] += count
             user_ids = selection.user_ids
-            events: list[bytes] = []
-            message_ids: list[str] = []
-            rows: list[int] = []
-            for row in selection.rows(SEND):
-                record = records[row]
-                try:
-                    message = build(record, user_ids[row])
-                    event = dumps(message)
-                except (ValueError, TypeError, OverflowError, orjson.JSONEncodeError) as exc:
-                    result.dead_letters.append(
-                        DeadLetter(
-                            "unmappable_event", key, event_type, record["id"], first_row + row, str(exc)
+            send = selection.rows(SEND)
+            if settings.filters:
+                send, held = settings.filters.apply(records, send, event_type)
+                result.dropped.update(held)
+            # A slice at a time: orjson's output holds a buffer of several kilobytes until the batch
+            # builder has copied it, so events are handed over often rather than held for the whole batch.
+            for start in range(0, len(send), _HAND_OVER_EVENTS):
+                events: list[bytes] = []
+                message_ids: list[str] = []
+                rows: list[int] = []
+                for row in send[start : start + _HAND_OVER_EVENTS]:
+                    record = records[row]
+                    try:
+                        user_id = user_ids[row]
+                        if type(user_id) is str and user_id:
+                            message = build(record, user_id)
+                        else:  # only with anonymous: no external id, a Braze user id
+                            message = build(record, None, anonymous_id=str(record["user_id"]).strip())
+                        event = dumps(message)
+                    except (ValueError, TypeError, OverflowError, orjson.JSONEncodeError) as exc:
+                        result.dead_letters.append(
+                            DeadLetter(
+                                "unmappable_event", key, event_type, record["id"], first_row + row, str(exc)
+                            )
                         )
-                    )
-                    continue
-                if len(event) > MAX_EVENT_BYTES:
-                    detail = f"{len(event)} bytes as JSON; Segment's limit is {MAX_EVENT_BYTES}"
-                    result.dead_letters.append(
-                        DeadLetter("event_over_32kb", key, event_type, record["id"], first_row + row, detail)
-                    )
-                    continue
-                events.append(event)
-                message_ids.append(message["messageId"])
-                rows.append(first_row + row)
-            writer.add_many(events, message_ids, key, rows, event_type)
+                        continue
+                    if len(event) > MAX_EVENT_BYTES:
+                        detail = f"{len(event)} bytes as JSON; Segment's limit is {MAX_EVENT_BYTES}"
+                        result.dead_letters.append(
+                            DeadLetter(
+                                "event_over_32kb", key, event_type, record["id"], first_row + row, detail
+                            )
+                        )
+                        continue
+                    events.append(event)
+                    message_ids.append(message["messageId"])
+                    rows.append(first_row + row)
+                writer.add_many(events, message_ids, key, rows, event_type)
             first_row += len(records)
         if batches.error:
             result.files_failed += 1

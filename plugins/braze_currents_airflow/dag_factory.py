@@ -100,6 +100,8 @@ def build_dag(current: CurrentConfig) -> DAG:
             event_types=current.event_types,
             mapping_file=current.mapping_file,
             mapping_overrides=current.mapping_overrides,
+            filters=current.filters,
+            anonymous_users=current.anonymous_users,
             message_id_prefix=current.message_id_prefix,
             integrations=current.integrations,
             chunk_events=current.chunk_events,
@@ -110,6 +112,8 @@ def build_dag(current: CurrentConfig) -> DAG:
             segment_conn_id=current.segment_conn_id,
             region=current.region,
             concurrency=current.upload_concurrency,
+            requests_per_second=current.requests_per_second,
+            events_per_second=current.events_per_second,
             map_index_template="{{ chunk_label }}",
             **shared,
         ).expand(chunk=prepare.output)

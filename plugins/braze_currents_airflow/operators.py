@@ -145,6 +145,8 @@ class PrepareChunksOperator(_CurrentsOperator):
     :param event_types: the event types to send.
     :param mapping_file: the event mapping file.
     :param mapping_overrides: the Current's overrides on top of it (checked by the config).
+    :param filters: the Current's event filters (checked by the config).
+    :param anonymous_users: send events without an external user id as anonymous events.
     :param message_id_prefix: text before each Currents id in the messageId.
     :param integrations: the ``integrations`` object of every batch.
     :param chunk_events: about how many events one chunk holds.
@@ -159,6 +161,8 @@ class PrepareChunksOperator(_CurrentsOperator):
         event_types: Sequence[str],
         mapping_file: str,
         mapping_overrides: dict[str, Any] | None = None,
+        filters: dict[str, Any] | None = None,
+        anonymous_users: bool = False,
         message_id_prefix: str = "",
         integrations: dict[str, Any] | None = None,
         chunk_events: int = 50_000,
@@ -169,12 +173,15 @@ class PrepareChunksOperator(_CurrentsOperator):
         self.event_types = list(event_types)
         self.mapping_file = mapping_file
         self.mapping_overrides = mapping_overrides or {}
+        self.filters = filters or {}
+        self.anonymous_users = anonymous_users
         self.message_id_prefix = message_id_prefix
         self.integrations = {"Braze": False} if integrations is None else integrations
         self.chunk_events = chunk_events
 
     def execute(self, context: Any) -> list[dict[str, Any]]:
         from braze_currents.deadletters import to_ndjson
+        from braze_currents.filters import FilterError, check_filters
         from braze_currents.mapping import MappingError, apply_overrides, load_mapping
         from braze_currents.prepare import PrepareSettings, prepare_window
         from braze_currents.reader import ListedObject
@@ -183,7 +190,8 @@ class PrepareChunksOperator(_CurrentsOperator):
 
         try:
             mapping = apply_overrides(load_mapping(self.mapping_file), self.mapping_overrides)
-        except MappingError as exc:
+            event_filters = check_filters(self.filters, f"Current {self.current_name!r}.filters")
+        except (MappingError, FilterError) as exc:
             raise AirflowFailException(str(exc)) from None
         window = self.listing["window"]
         window_dir = window_folder(self.current_name, window)
@@ -257,20 +265,25 @@ class PrepareChunksOperator(_CurrentsOperator):
         results = []
         for group_folder, group_objects, group_sent, origin in groups:
             settings = PrepareSettings(
+                filters=event_filters,
+                anonymous=self.anonymous_users,
                 event_types=frozenset(self.event_types),
                 message_id_prefix=self.message_id_prefix,
                 integrations=self.integrations,
                 chunk_events=self._chunk_events(group_objects),
             )
-            result = prepare_window(
-                group_objects,
-                fetch,
-                mapping=mapping,
-                settings=settings,
-                staging=staging,
-                folder=group_folder,
-                seen_ids=group_sent,
-            )
+            try:
+                result = prepare_window(
+                    group_objects,
+                    fetch,
+                    mapping=mapping,
+                    settings=settings,
+                    staging=staging,
+                    folder=group_folder,
+                    seen_ids=group_sent,
+                )
+            except FilterError as exc:  # a query that does not fit the data: retrying will not help
+                raise AirflowFailException(f"Current {self.current_name!r}: {exc}") from None
             if origin is not None:
                 for source in result.source_files:
                     source.update(late_from=origin.rsplit("date=", 1)[-1], origin_folder=origin)
@@ -376,6 +389,8 @@ class UploadChunkOperator(_CurrentsOperator):
     :param segment_conn_id: the Segment connection.
     :param region: ``us`` or ``eu`` when the connection does not say.
     :param concurrency: requests in flight at once.
+    :param requests_per_second: the Current's request cap, shared by its upload tasks in this process.
+    :param events_per_second: the Current's event cap, shared the same way.
     """
 
     template_fields: Sequence[str] = ("chunk",)
@@ -387,6 +402,8 @@ class UploadChunkOperator(_CurrentsOperator):
         segment_conn_id: str = "segment_default",
         region: str = "us",
         concurrency: int = 4,
+        requests_per_second: float | None = None,
+        events_per_second: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -394,6 +411,8 @@ class UploadChunkOperator(_CurrentsOperator):
         self.segment_conn_id = segment_conn_id
         self.region = region
         self.concurrency = concurrency
+        self.requests_per_second = requests_per_second
+        self.events_per_second = events_per_second
 
     @cached_property
     def hook(self) -> Any:
@@ -403,10 +422,11 @@ class UploadChunkOperator(_CurrentsOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from braze_currents.segment_client import SegmentAuthError, SegmentError
+        from braze_currents.throttle import shared_limiter
         from braze_currents.upload import upload_chunk
 
         context["chunk_label"] = self.chunk.get("label", self.chunk["chunk_id"])
-        if context["params"].get("dry_run", False):
+        if (context.get("params") or {}).get("dry_run", False):
             self.log.info(
                 "Dry run: chunk %s holds %s events in %s batches, staged as %s/%s; nothing sent",
                 self.chunk["chunk_id"],
@@ -427,6 +447,11 @@ class UploadChunkOperator(_CurrentsOperator):
                 state=self.store(self.state),
                 chunk_name=self.chunk["name"],
                 concurrency=self.concurrency,
+                limiter=shared_limiter(
+                    self.current_name,
+                    requests_per_second=self.requests_per_second,
+                    events_per_second=self.events_per_second,
+                ),
             )
         except SegmentAuthError as exc:
             raise AirflowFailException(

@@ -227,3 +227,59 @@ def test_a_dry_run_stages_the_exact_bodies_sends_nothing_and_leaves_the_ledger_a
     # The real run still sends everything. (dag.test keeps the last run_conf in the DAG's params.)
     assert dag.test(logical_date=HOUR, run_conf={"dry_run": False}).state == "success"
     assert services.receiver.accepted_ids() == window.expected
+
+
+def test_filters_and_anonymous_users_shape_what_is_sent_and_every_drop_is_counted(
+    airflow_db, tmp_path, monkeypatch
+):
+    from collections import Counter
+
+    with LocalServices(tmp_path / "services") as services:
+        for name, value in services.connection_env().items():
+            monkeypatch.setenv(name, value)
+        window = Window(services)
+        written: dict[str, bytes] = {}
+
+        def keep(key: str, data: bytes) -> None:
+            written[key] = data
+            window.put(key, data)
+
+        write_window(keep, prefix=PREFIX, hour=HOUR, event_types=TYPES[:3], events_per_type=400)
+        records = [record for data in written.values() for record in decode_prefix(data)]
+        campaign = Counter(r.get("campaign_id") for r in records if r.get("campaign_id")).most_common(1)[0][0]
+        zone = Counter(r.get("timezone") for r in records if r.get("timezone")).most_common(1)[0][0]
+        filters = {"campaign_ids": {"deny": [campaign]}, "query": f"timezone != '{zone}'"}
+        config = write_config(
+            tmp_path / "exports.yaml",
+            bucket=services.bucket,
+            workdir=tmp_path,
+            filters=filters,
+            anonymous_users=True,
+        )
+        monkeypatch.setenv("BRAZE_CURRENTS_CONFIG", str(config))
+        from braze_currents.config import load_config
+        from braze_currents_airflow.dag_factory import build_dag
+
+        (current,) = load_config(config)
+        assert build_dag(current).test(logical_date=HOUR).state == "success"
+
+        expected: dict[str, str] = {}  # messageId -> "user" or "anonymous"
+        seen: set[str] = set()
+        for record in sorted(records, key=lambda r: 0):  # file order is kept by the listing per type
+            external = (record.get("external_user_id") or "").strip()
+            braze_id = (record.get("user_id") or "").strip()
+            if not (external or braze_id) or record["id"] in seen:
+                continue
+            seen.add(record["id"])
+            if record.get("campaign_id") == campaign or record.get("timezone") == zone:
+                continue
+            expected[record["id"]] = "user" if external else "anonymous"
+        messages = {m["messageId"]: m for m in services.receiver.accepted_messages()}
+        assert set(messages) == set(expected)
+        anonymous = [m for m in messages.values() if expected[m["messageId"]] == "anonymous"]
+        assert anonymous and all("userId" not in m and m["anonymousId"] for m in anonymous)
+        report = _read(tmp_path, "dead_letters", HOUR, "report.json")
+        assert report["balanced"]
+        dropped = report["counts"]["dropped"]
+        assert dropped["filter_campaign_id"] > 0 and dropped["filter_query"] > 0
+        assert "missing_external_user_id" not in dropped or dropped["missing_external_user_id"] < 10
