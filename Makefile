@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint format clean airflow test-e2e chromium
+.PHONY: venv demo test lint format clean airflow test-e2e chromium bench
 
 venv: $(STAMP)
 
@@ -23,13 +23,17 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q --ignore=tests/e2e --ignore=tests/ui
 
+# Throughput, CPU and memory against baselines (README: "Performance"); BENCH_SIZES=10k,100k runs fewer.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
 # Airflow on localhost with PostgreSQL (README: "make airflow"); AIRFLOW_ARGS=--help lists the options.
 airflow: $(STAMP)
 	$(BIN)/python -m braze_currents_airflow.local_airflow $(AIRFLOW_ARGS)
 
 # Real deployments (PostgreSQL, Redis, Celery workers) and the UI tests in Debian's Chromium.
 test-e2e: $(STAMP) chromium
-	$(BIN)/python -m pytest -q tests/e2e $(wildcard tests/ui)
+	BRAZE_CURRENTS_E2E=1 $(BIN)/python -m pytest -q tests/e2e $(wildcard tests/ui)
 
 chromium:
 	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -37,59 +37,62 @@ class BatchBuilder:
         self.max_bytes = max_bytes
         if len(self.head) + len(self.tail) + MAX_EVENT_BYTES > max_bytes:
             raise ValueError(f"max_bytes {max_bytes} leaves no room for a {MAX_EVENT_BYTES}-byte event")
-        self._events: list[bytes] = []
-        self._size = len(self.head) + len(self.tail)
+        # The open batch is built in one buffer: each event is copied in and can be freed at once
+        # (orjson hands out its output with a buffer of several kilobytes, whatever the JSON's length).
+        self._body = bytearray(self.head)
+        self._events = 0
 
     def __len__(self) -> int:
-        return len(self._events)
+        return self._events
 
     def add(self, event: bytes) -> list[bytes]:
         """Add one serialised message; return the batches that adding it closed (usually none).
 
         :param event: a message serialised as JSON, at most :data:`MAX_EVENT_BYTES` long.
         """
-        if len(event) > MAX_EVENT_BYTES:
-            raise ValueError(f"event of {len(event)} bytes is over Segment's {MAX_EVENT_BYTES}-byte limit")
-        closed = []
-        if self._events and self._size + 1 + len(event) > self.max_bytes:
-            closed.append(self.flush())
-        self._size += len(event) + (1 if self._events else 0)
-        self._events.append(event)
-        if len(self._events) >= self.max_events:
-            closed.append(self.flush())
-        return closed
+        return self.extend([event])
 
-    def extend(self, events: list[bytes]) -> list[bytes]:
-        """Add serialised messages in order, as :meth:`add` would; return the batches they closed.
+    def extend(self, events: Iterable[bytes]) -> list[bytes]:
+        """Add serialised messages in order; return the batches they closed.
 
         :param events: messages serialised as JSON, each at most :data:`MAX_EVENT_BYTES` long.
         """
         closed = []
-        pending, size = self._events, self._size
-        max_events, max_bytes = self.max_events, self.max_bytes
-        for event in events:
-            length = len(event)
-            if length > MAX_EVENT_BYTES:
-                raise ValueError(f"event of {length} bytes is over Segment's {MAX_EVENT_BYTES}-byte limit")
-            if pending and size + 1 + length > max_bytes:
-                closed.append(self.head + b",".join(pending) + self.tail)
-                pending, size = [], len(self.head) + len(self.tail)
-            size += length + (1 if pending else 0)
-            pending.append(event)
-            if len(pending) >= max_events:
-                closed.append(self.head + b",".join(pending) + self.tail)
-                pending, size = [], len(self.head) + len(self.tail)
-        self._events, self._size = pending, size
+        body, count = self._body, self._events
+        # Room for the events and commas, once the tail is added.
+        room = self.max_bytes - len(self.tail)
+        try:
+            for event in events:
+                length = len(event)
+                if length > MAX_EVENT_BYTES:
+                    raise ValueError(
+                        f"event of {length} bytes is over Segment's {MAX_EVENT_BYTES}-byte limit"
+                    )
+                if count and len(body) + 1 + length > room:
+                    closed.append(self._close(body))
+                    body, count = self._body, 0
+                if count:
+                    body += b","
+                body += event
+                count += 1
+                if count >= self.max_events:
+                    closed.append(self._close(body))
+                    body, count = self._body, 0
+        finally:
+            self._events = count
         return closed
+
+    def _close(self, body: bytearray) -> bytes:
+        body += self.tail
+        self._body = bytearray(self.head)
+        self._events = 0
+        return bytes(body)
 
     def flush(self) -> bytes | None:
         """Return the pending batch, if any, and start a new one."""
         if not self._events:
             return None
-        body = self.head + b",".join(self._events) + self.tail
-        self._events = []
-        self._size = len(self.head) + len(self.tail)
-        return body
+        return self._close(self._body)
 
 
 def split_body(body: bytes) -> tuple[bytes, bytes] | None:

@@ -158,6 +158,9 @@ class SegmentReceiver:
     :param out_path: the NDJSON file accepted events are appended to, one merged event per line.
     :param host: a loopback address to bind to.
     :param port: the port to bind to; 0 picks a free one (read it back from ``url``).
+    :param reuse_port: share the port with other receivers started with it (``SO_REUSEPORT``): the kernel
+        spreads connections across them, so a load test is not limited by one process. Each keeps its
+        own counts, out file and dedupe.
     """
 
     def __init__(
@@ -167,11 +170,13 @@ class SegmentReceiver:
         out_path: str | os.PathLike[str],
         host: str = "127.0.0.1",
         port: int = 0,
+        reuse_port: bool = False,
     ) -> None:
         if not write_key:
             raise ValueError("write_key must not be empty")
         self._host = _loopback_host(host)
         self._requested_port = port
+        self._reuse_port = reuse_port
         self._out_path = Path(out_path)
         self._write_key = write_key
 
@@ -199,7 +204,7 @@ class SegmentReceiver:
         if self._server is not None:
             raise RuntimeError("the receiver is already started")
         self._load_accepted_ids()
-        server = _Server((self._host, self._requested_port), self)
+        server = _Server((self._host, self._requested_port), self, reuse_port=self._reuse_port)
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.01}, name="segment-receiver", daemon=True
         )
@@ -480,7 +485,8 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], receiver: SegmentReceiver) -> None:
+    def __init__(self, address: tuple[str, int], receiver: SegmentReceiver, reuse_port: bool = False) -> None:
+        self.allow_reuse_port = reuse_port
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.receiver = receiver
         super().__init__(address, _Handler)
@@ -718,6 +724,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one")
+    parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share the port with other receivers started with this flag; each counts on its own",
+    )
+    parser.add_argument("--stats-out", help="write the final counters to this JSON file when stopped")
     parser.add_argument("--out", required=True, help="NDJSON file accepted events are appended to")
     key_source = parser.add_mutually_exclusive_group(required=True)
     key_source.add_argument("--write-key", help="write key to accept (visible in process lists)")
@@ -730,7 +742,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not write_key:
             parser.error(f"environment variable {args.write_key_env} is not set or empty")
     try:
-        receiver = SegmentReceiver(write_key=write_key, out_path=args.out, host=args.host, port=args.port)
+        receiver = SegmentReceiver(
+            write_key=write_key, out_path=args.out, host=args.host, port=args.port, reuse_port=args.reuse_port
+        )
     except ValueError as err:
         parser.error(str(err))
 
@@ -745,6 +759,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"listening on {receiver.url}", flush=True)
         stop.wait()
     stats = receiver.stats()
+    if args.stats_out:
+        Path(args.stats_out).write_bytes(orjson.dumps(stats, option=orjson.OPT_NON_STR_KEYS))
     print(f"stopped after {stats['requests']} requests, {stats['accepted']} events accepted", flush=True)
     return 0
 

@@ -13,6 +13,7 @@ from braze_currents.batching import message_ids, split_body
 from braze_currents.deadletters import DeadLetter
 from braze_currents.segment_client import SegmentClient, SegmentRejectedError
 from braze_currents.storage import Store
+from braze_currents.throttle import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ def upload_chunk(
     chunk_name: str,
     concurrency: int = 4,
     before_batch: Callable[[int], None] | None = None,
+    limiter: RateLimiter | None = None,
 ) -> UploadResult:
     """Send the batches of one staged chunk that the ledger does not hold yet.
 
@@ -109,7 +111,8 @@ def upload_chunk(
     :param state: where the ledger lives.
     :param chunk_name: the chunk's object name in ``staging``.
     :param concurrency: batches in flight at once.
-    :param before_batch: called with each batch index before it is sent (a hook for rate limits).
+    :param before_batch: called with each batch index before it is sent.
+    :param limiter: the Current's rate cap; every request (split halves included) waits for its turn.
     """
     bodies = staging.get(chunk_name).splitlines()
     done = acked_batches(state, chunk_name)
@@ -138,8 +141,11 @@ def upload_chunk(
             # Splitting further would cost two requests per event; the rest are dead letters instead.
             return [], refused(body, first_event, f"not sent: Segment refused over {MAX_ISOLATED} events")
         try:
+            ids = message_ids(body)
+            if limiter is not None:
+                limiter.acquire(len(ids))
             client.send(body)
-            return message_ids(body), []
+            return ids, []
         except SegmentRejectedError as exc:
             halves = split_body(body)
             if halves is None:
@@ -153,9 +159,12 @@ def upload_chunk(
     def run(index: int) -> None:
         if before_batch is not None:
             before_batch(index)
+        ids = message_ids(bodies[index])
+        if limiter is not None:
+            limiter.acquire(len(ids))
         try:
             client.send(bodies[index])
-            sent, letters = message_ids(bodies[index]), []
+            sent, letters = ids, []
         except SegmentRejectedError:
             log.warning(
                 "Segment refused batch %s of %s; splitting it to isolate the event", index, chunk_name

@@ -1,0 +1,1 @@
+"""The ``make bench`` harness: throughput, CPU and memory of each step against simple baselines."""
