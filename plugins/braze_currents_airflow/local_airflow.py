@@ -530,9 +530,12 @@ SAMPLE_EVENTS_PER_TYPE = 200
 
 def _stand_in_plan(settings: AirflowSettings, config_path: Path, local: bool) -> tuple[list, set, set]:
     """Return the Currents and the S3 and Segment connection ids that the local stand-ins serve."""
-    from braze_currents.config import load_config
+    from braze_currents.config import ConfigError, load_config
 
-    currents = load_config(config_path)
+    try:
+        currents = load_config(config_path)
+    except (ConfigError, OSError) as exc:
+        raise SetupError(f"exports config {config_path}: {exc}") from None
     if not local:
         return currents, set(), set()
     s3_ids = {
@@ -641,7 +644,7 @@ def run_airflow(args: argparse.Namespace) -> int:
         print()
         print(f"Airflow UI: {deployment.url}")
         print(f"Log in as admin; the password is in {deployment.passwords_file}")
-        print(f"DAGs: {', '.join(current.dag_id for current in currents)} (paused until you unpause them)")
+        print(f"DAGs: {', '.join(current.dag_id for current in currents)} (a new DAG starts paused)")
         env_file = deployment.write_env_file()
         print(f"Airflow commands in another shell: source {env_file}; then e.g.")
         for current in currents[:1]:
@@ -708,6 +711,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SetupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("Interrupted; stopped what had started.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ tests: it is never a reason to skip them.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -24,6 +25,9 @@ from braze_currents_airflow.local_airflow import LocalAirflow, Postgres, SetupEr
 
 ROOT = Path(__file__).resolve().parents[2]
 WORK_ROOT = ROOT / "var" / "e2e"
+OPT_IN = "BRAZE_CURRENTS_E2E"
+LOCK_KEY = 0x42_72_61_7A_65  # any constant; only e2e sessions take this advisory lock
+NOTES = WORK_ROOT / "run-notes.txt"
 TYPES = (
     "users.messages.email.Send",
     "users.messages.email.Open",
@@ -35,6 +39,34 @@ EVENTS_PER_TYPE = 1200
 TERMINAL = {"success", "failed"}
 
 
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Collect these tests only under ``make test-e2e`` (it sets ``BRAZE_CURRENTS_E2E=1``).
+
+    A plain ``pytest`` would otherwise start real deployments and drop the e2e databases under a
+    colleague's running ``make test-e2e``.
+    """
+    if os.environ.get(OPT_IN) != "1" and collection_path.name.startswith("test_"):
+        return True
+    return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def exclusive_session():
+    """Hold a PostgreSQL advisory lock for the session: one e2e session per server at a time."""
+    conn = require_postgres().connect()
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,))
+        (locked,) = cur.fetchone()
+    if not locked:
+        conn.close()
+        pytest.fail("another e2e session holds the lock on this PostgreSQL server; wait for it to finish")
+    NOTES.unlink(missing_ok=True)
+    try:
+        yield
+    finally:
+        conn.close()
+
+
 def workdir_for(name: str) -> Path:
     """Return an emptied folder under ``var/e2e`` for one deployment, kept after the run for its logs.
 
@@ -44,6 +76,13 @@ def workdir_for(name: str) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     return path
+
+
+def note(line: str) -> None:
+    """Append a line to ``var/e2e/run-notes.txt``: what the run did, for the release notes."""
+    NOTES.parent.mkdir(parents=True, exist_ok=True)
+    with NOTES.open("a") as handle:
+        handle.write(line + "\n")
 
 
 def now_hour() -> datetime:
@@ -179,9 +218,15 @@ class Deployment:
         def finished() -> list[dict[str, Any]] | None:
             self.check_alive()
             runs = self.runs(dag_id, run_type)
-            if len(runs) >= count and all(run["state"] in TERMINAL for run in runs):
-                return runs
-            return None
+            if len(runs) < count or any(run["state"] not in TERMINAL for run in runs):
+                return None
+            if run_type == "backfill" and self.sql(
+                "SELECT 1 FROM backfill WHERE dag_id = %s AND completed_at IS NULL", (dag_id,)
+            ):
+                return (
+                    None  # the scheduler closes a backfill shortly after its last run; only then is it done
+                )
+            return runs
 
         return wait_for(finished, timeout=timeout, what=f"{count} {run_type} runs of {dag_id} to finish")
 

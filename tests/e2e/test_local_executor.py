@@ -19,6 +19,7 @@ from tests.e2e.conftest import (
     Deployment,
     current_entry,
     generate_hour,
+    note,
     now_hour,
     start_deployment,
     wait_for,
@@ -119,6 +120,12 @@ def test_backfill_of_six_hours_delivers_each_expected_message_once(deployment):
         report = deployment.report(name, hour)
         assert report["counts"]["sent"] == len(expected[hour])
         assert report["balanced"] is True
+        counts = report["counts"]
+        dropped = ", ".join(f"{k}={v}" for k, v in sorted(counts["dropped"].items()))
+        note(
+            f"local backfill {hour:%Y-%m-%dT%H}:00Z: success, files={counts['files']} "
+            f"read={counts['events_read']} sent={counts['sent']} (dropped {dropped})"
+        )
 
 
 def test_failed_window_is_completed_by_clearing_only_failed_tasks(deployment):
@@ -147,29 +154,18 @@ def test_failed_window_is_completed_by_clearing_only_failed_tasks(deployment):
 
     # Segment takes two batches of the window, then rejects the write key until the fault is removed.
     receiver.inject(Fault(delay=0.001, times=2), Fault(status=401, times=100_000))
-    deployment.cli(
-        "backfill",
-        "create",
-        "--dag-id",
-        dag_id,
-        "--from-date",
-        window.isoformat(),
-        "--to-date",
-        window.isoformat(),
-    )
-    runs = deployment.wait_runs(dag_id, "backfill", 2, timeout=300)
-    failed_run = next(run for run in runs if run["logical_date"] == window)
-    assert failed_run["state"] == "failed"
-    before = {
-        (ti["task_id"], ti["map_index"]): ti for ti in deployment.task_instances(dag_id, failed_run["run_id"])
-    }
-    failed = {key for key, ti in before.items() if ti["state"] == "failed"}
-    assert failed and all(task_id == "upload_chunk" for task_id, _ in failed)
-    assert before[("summarise", -1)]["state"] == "upstream_failed"
+    try:
+        failed_run, before, failed = _fail_window(deployment, dag_id, window)
+    finally:
+        receiver.clear_faults()
     partial = deployment.accepted(f"{name}-") - expected_earlier
     assert 0 < len(partial) < len(expected)
+    note(
+        f"rerun {window:%Y-%m-%dT%H}:00Z: first run failed on 401 after 2 batches: {len(failed)} of "
+        f"{sum(1 for task_id, _ in before if task_id == 'upload_chunk')} upload chunks failed, "
+        f"{len(partial)} of {len(expected)} messageIds delivered"
+    )
 
-    receiver.clear_faults()
     deployment.cli(
         "tasks", "clear", dag_id, "--only-failed", "-s", window.isoformat(), "-e", window.isoformat(), "-y"
     )
@@ -196,6 +192,11 @@ def test_failed_window_is_completed_by_clearing_only_failed_tasks(deployment):
     assert deployment.accepted(f"{name}-") == expected | expected_earlier
     assert receiver.stats()["duplicates"] == 0
     assert deployment.report(name, window)["balanced"] is True
+    note(
+        f"rerun {window:%Y-%m-%dT%H}:00Z: after tasks clear --only-failed: success, reran "
+        f"{len(failed)} chunks + summarise, {len(expected)} messageIds delivered, 0 duplicates; "
+        f"window {earlier:%H}:00Z untouched"
+    )
 
 
 def test_hourly_schedule_creates_the_run_for_the_last_full_hour(deployment):
@@ -222,6 +223,10 @@ def test_hourly_schedule_creates_the_run_for_the_last_full_hour(deployment):
     assert dag["next_dagrun"] == latest + timedelta(hours=1)
     assert dag["next_dagrun_data_interval_start"] == latest + timedelta(hours=1)
     assert dag["next_dagrun_data_interval_end"] == latest + timedelta(hours=2)
+    note(
+        f"hourly schedule: scheduled run {logical:%Y-%m-%dT%H}:00Z, data interval [{logical:%H}:00, "
+        f"{logical + timedelta(hours=1):%H}:00), success; next run {dag['next_dagrun']:%Y-%m-%dT%H}:00Z"
+    )
 
 
 def test_api_requires_login_and_admin_password_works(deployment):
@@ -239,3 +244,27 @@ def test_api_requires_login_and_admin_password_works(deployment):
     assert {"currents_to_segment_backfill", "currents_to_segment_rerun"} <= {
         d["dag_id"] for d in dags["dags"]
     }
+
+
+def _fail_window(deployment, dag_id, window):
+    """Backfill one window while Segment refuses it; return the failed run, its task instances, failures."""
+    deployment.cli(
+        "backfill",
+        "create",
+        "--dag-id",
+        dag_id,
+        "--from-date",
+        window.isoformat(),
+        "--to-date",
+        window.isoformat(),
+    )
+    runs = deployment.wait_runs(dag_id, "backfill", 2, timeout=300)
+    failed_run = next(run for run in runs if run["logical_date"] == window)
+    assert failed_run["state"] == "failed"
+    before = {
+        (ti["task_id"], ti["map_index"]): ti for ti in deployment.task_instances(dag_id, failed_run["run_id"])
+    }
+    failed = {key for key, ti in before.items() if ti["state"] == "failed"}
+    assert failed and all(task_id == "upload_chunk" for task_id, _ in failed)
+    assert before[("summarise", -1)]["state"] == "upstream_failed"
+    return failed_run, before, failed
