@@ -46,32 +46,28 @@ class LocalStore:
             raise ValueError(f"object name {name!r} leaves the store {self.uri!r}")
         return path
 
-    def put(self, name: str, data: bytes) -> str:
+    def _publish(self, name: str, data: bytes, place: Callable[[str, Path], None]) -> Path:
+        """Write ``data`` to a temporary file beside the object, then ``place`` it under its name."""
         path = self._path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         try:
             with os.fdopen(handle, "wb") as out:
                 out.write(data)
-            os.replace(tmp, path)
-        except BaseException:
+            place(tmp, path)
+        finally:
             Path(tmp).unlink(missing_ok=True)
-            raise
-        return str(path)
+        return path
+
+    def put(self, name: str, data: bytes) -> str:
+        return str(self._publish(name, data, os.replace))
 
     def put_if_absent(self, name: str, data: bytes) -> bool:
         """Write an object only if none exists under the name; return whether this call wrote it."""
-        path = self._path(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(data)
-            os.link(tmp, path)  # fails if the name exists: the first writer wins, whole
+            self._publish(name, data, os.link)  # a link fails if the name exists: the first writer wins
         except FileExistsError:
             return False
-        finally:
-            Path(tmp).unlink(missing_ok=True)
         return True
 
     def get(self, name: str) -> bytes:

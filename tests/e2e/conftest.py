@@ -183,6 +183,15 @@ class Deployment:
     def cli(self, *args: str) -> str:
         return self.airflow.airflow(*args).stdout
 
+    def backfill(
+        self, dag_id: str, first: datetime, last: datetime, *, max_active_runs: int | None = None
+    ) -> str:
+        """Create a backfill of the hours ``first`` to ``last`` with ``airflow backfill create``."""
+        args = ["--dag-id", dag_id, "--from-date", first.isoformat(), "--to-date", last.isoformat()]
+        if max_active_runs is not None:
+            args += ["--max-active-runs", str(max_active_runs)]
+        return self.cli("backfill", "create", *args)
+
     def runs(self, dag_id: str, run_type: str | None = None) -> list[dict[str, Any]]:
         query = "SELECT * FROM dag_run WHERE dag_id = %s"
         params: tuple = (dag_id,)

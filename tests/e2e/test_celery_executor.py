@@ -93,18 +93,7 @@ def test_celery_backfill_spreads_chunks_over_both_workers_and_delivers_once(depl
         )
 
     deployment.unpause(dag_id)
-    deployment.cli(
-        "backfill",
-        "create",
-        "--dag-id",
-        dag_id,
-        "--from-date",
-        hours[0].isoformat(),
-        "--to-date",
-        hours[-1].isoformat(),
-        "--max-active-runs",
-        "3",
-    )
+    deployment.backfill(dag_id, hours[0], hours[-1], max_active_runs=3)
     runs = deployment.wait_runs(dag_id, "backfill", BACKFILL_HOURS, timeout=600)
 
     assert [run["state"] for run in runs] == ["success"] * BACKFILL_HOURS

@@ -94,18 +94,7 @@ def test_backfill_of_six_hours_delivers_each_expected_message_once(deployment):
     }
 
     deployment.unpause(dag_id)
-    deployment.cli(
-        "backfill",
-        "create",
-        "--dag-id",
-        dag_id,
-        "--from-date",
-        hours[0].isoformat(),
-        "--to-date",
-        hours[-1].isoformat(),
-        "--max-active-runs",
-        "3",
-    )
+    deployment.backfill(dag_id, hours[0], hours[-1], max_active_runs=3)
     runs = deployment.wait_runs(dag_id, "backfill", BACKFILL_HOURS, timeout=600)
 
     assert [run["logical_date"] for run in runs] == hours
@@ -138,16 +127,7 @@ def test_failed_window_is_completed_by_clearing_only_failed_tasks(deployment):
     receiver = deployment.services.receiver
 
     deployment.unpause(dag_id)
-    deployment.cli(
-        "backfill",
-        "create",
-        "--dag-id",
-        dag_id,
-        "--from-date",
-        earlier.isoformat(),
-        "--to-date",
-        earlier.isoformat(),
-    )
+    deployment.backfill(dag_id, earlier, earlier)
     (first,) = deployment.wait_runs(dag_id, "backfill", 1, timeout=300)
     assert first["state"] == "success"
     untouched = deployment.task_instances(dag_id, first["run_id"])
@@ -248,16 +228,7 @@ def test_api_requires_login_and_admin_password_works(deployment):
 
 def _fail_window(deployment, dag_id, window):
     """Backfill one window while Segment refuses it; return the failed run, its task instances, failures."""
-    deployment.cli(
-        "backfill",
-        "create",
-        "--dag-id",
-        dag_id,
-        "--from-date",
-        window.isoformat(),
-        "--to-date",
-        window.isoformat(),
-    )
+    deployment.backfill(dag_id, window, window)
     runs = deployment.wait_runs(dag_id, "backfill", 2, timeout=300)
     failed_run = next(run for run in runs if run["logical_date"] == window)
     assert failed_run["state"] == "failed"
