@@ -18,6 +18,10 @@ NO_EXTERNAL_ID = 2
 DUPLICATE = 3
 ALREADY_SENT = 4
 
+# Characters that print as nothing but are not whitespace: an id made only of these (and blanks) is
+# as empty as a blank one.
+INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
+
 # pandas' hash_array takes 16-character keys; two keys give two independent 64-bit halves.
 _HASH_KEYS = ("braze-currents-1", "braze-currents-2")
 
@@ -125,10 +129,11 @@ def select_rows(
     # dtype "str": a missing value is NaN, not None, so blanks and missing are both tested explicitly.
     external = pd.Series([record.get("external_user_id") for record in records], dtype="str").str.strip()
     has_id = np.fromiter((type(value) is str and value != "" for value in id_values), bool, len(id_values))
-    has_external = (external.notna() & external.ne("")).to_numpy(dtype=bool)
+    has_external = (external.notna() & external.str.strip(INVISIBLE).ne("")).to_numpy(dtype=bool)
     if anonymous:
         braze_ids = pd.Series([record.get("user_id") for record in records], dtype="str").str.strip()
-        has_external = has_external | (braze_ids.notna() & braze_ids.ne("")).to_numpy(dtype=bool)
+        visible = braze_ids.notna() & braze_ids.str.strip(INVISIBLE).ne("")
+        has_external = has_external | visible.to_numpy(dtype=bool)
 
     outcome = np.full(len(records), SEND, dtype=np.int8)
     outcome[~has_external] = NO_EXTERNAL_ID

@@ -34,7 +34,7 @@ def loop_outcomes(batches: list[list[dict]], already_sent: set[str], prefix: str
             event_id, external = record.get("id"), record.get("external_user_id")
             if not isinstance(event_id, str) or not event_id:
                 outcomes.append(MISSING_ID)
-            elif external is None or not external.strip():
+            elif external is None or not external.strip().strip("\u200b\u200c\u200d\u2060\ufeff"):
                 outcomes.append(NO_EXTERNAL_ID)
             elif event_id in seen:
                 outcomes.append(DUPLICATE)
@@ -69,6 +69,7 @@ def test_select_rows_gives_each_row_the_outcome_of_the_event_by_event_rules(
     records[11]["id"] = None
     records[12]["external_user_id"] = "   "
     records[13]["external_user_id"] = ""
+    records[14]["external_user_id"] = "\u200b \ufeff"  # prints as nothing: no external id either
     batches = [records[i : i + 700] for i in range(0, len(records), 700)]
     already_sent = {prefix + r["id"] for r in records[::delivered_every]} if delivered_every else set()
 
