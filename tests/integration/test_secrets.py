@@ -55,7 +55,11 @@ def test_a_window_leaves_no_write_key_and_no_personal_data_behind(
                         personal.add(record[field].strip())
         assert len(personal) > 100
         config = write_config(
-            tmp_path / "exports.yaml", bucket=services.bucket, workdir=tmp_path, on_dead_letters="warn"
+            tmp_path / "exports.yaml",
+            bucket=services.bucket,
+            workdir=tmp_path,
+            on_dead_letters="warn",
+            keep_staged=True,  # so the staged request bodies are searched too
         )
         monkeypatch.setenv("BRAZE_CURRENTS_CONFIG", str(config))
         from braze_currents.config import load_config
@@ -79,6 +83,7 @@ def test_a_window_leaves_no_write_key_and_no_personal_data_behind(
     assert sum(value in delivered for value in personal) > 100  # the search does find what is there
     written = _files_text(tmp_path, {accepted_file, config})
     assert any("report.json" in str(path) for path in written)
+    assert any(path.name.startswith("chunk-") for path in written)  # staged bodies, kept for this search
     for where, text in {**places, **{str(p): t for p, t in written.items()}}.items():
         for form in forms:
             assert form not in text, f"the write key appears in {where}"
