@@ -149,8 +149,11 @@ def _staged_of_window(staging: Store, prepared: dict[str, Any], folder: str) -> 
     names = [
         name
         for name in staging.list(f"{folder}/")
-        # Late files of this window staged by later runs belong to those runs, which may be running.
-        if not name.endswith(f"/{ACKNOWLEDGED_MARK}") and "/late-" not in name[len(folder) :]
+        # Late files of this window staged by later runs belong to those runs, which may be running;
+        # a dry run's bodies are there for the user to read.
+        if not name.endswith(f"/{ACKNOWLEDGED_MARK}")
+        and "/late-" not in name[len(folder) :]
+        and "/dry-run-" not in name[len(folder) :]
     ]
     for late_folder in prepared.get("late_folders", []):
         names.extend(staging.list(f"{late_folder}/"))

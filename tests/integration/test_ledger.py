@@ -227,6 +227,7 @@ def test_a_dry_run_stages_the_exact_bodies_sends_nothing_and_leaves_the_ledger_a
     # The real run still sends everything. (dag.test keeps the last run_conf in the DAG's params.)
     assert dag.test(logical_date=HOUR, run_conf={"dry_run": False}).state == "success"
     assert services.receiver.accepted_ids() == window.expected
+    assert list(folder.glob("chunk-*.ndjson")), "the real run leaves the dry run's bodies to read"
 
 
 def test_filters_and_anonymous_users_shape_what_is_sent_and_every_drop_is_counted(
