@@ -96,22 +96,31 @@ def write_hostile_window(client: Any, bucket: str, hour: datetime, *, events_per
     }
 
 
-def write_config(path: Path, *, bucket: str, workdir: Path, **overrides: Any) -> Path:
-    """Write an exports config for one Current named ``test`` that uses ``workdir`` for its state."""
-    entry = {
-        "name": "test",
+def current_entry(
+    name: str, *, bucket: str, workdir: Path | str, prefix: str = PREFIX, event_types=TYPES, **overrides: Any
+) -> dict[str, Any]:
+    """One Current of an exports config whose staging, state and dead letters live in ``workdir``
+    (a folder, or an ``s3://`` location)."""
+    work = str(workdir).rstrip("/")
+    return {
+        "name": name,
         "start_date": "2026-01-01T00:00:00Z",
-        "source": {"conn_id": "braze_currents_s3", "bucket": bucket, "prefix": PREFIX},
-        "event_types": list(TYPES),
+        "source": {"conn_id": "braze_currents_s3", "bucket": bucket, "prefix": prefix},
+        "event_types": list(event_types),
         "segment": {"conn_id": "segment_default", "region": "us"},
-        "staging": str(workdir / "staging"),
-        "dead_letters": str(workdir / "dead_letters"),
-        "state": str(workdir / "state"),
+        "staging": f"{work}/staging",
+        "dead_letters": f"{work}/dead_letters",
+        "state": f"{work}/state",
         "mapping_file": str(ROOT / "include" / "segment_mapping.yaml"),
         "chunk_events": 2500,
         "retries": 0,
         **overrides,
     }
+
+
+def write_config(path: Path, *, bucket: str, workdir: Path, **overrides: Any) -> Path:
+    """Write an exports config for one Current named ``test`` that uses ``workdir`` for its state."""
+    entry = current_entry("test", bucket=bucket, workdir=workdir, **overrides)
     path.write_text(yaml.safe_dump({"currents": [entry]}))
     return path
 
@@ -198,14 +207,6 @@ class FlakyProxy:
             self._fail, self._drop = count, drop
 
     def s3_client(self, max_attempts: int = 3) -> Any:
-        import boto3
-        from botocore.config import Config
+        from braze_currents.localstack import local_s3_client
 
-        return boto3.client(
-            "s3",
-            endpoint_url=self.url,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            config=Config(retries={"mode": "standard", "max_attempts": max_attempts}),
-        )
+        return local_s3_client(self.url, max_attempts=max_attempts)

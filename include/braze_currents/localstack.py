@@ -15,6 +15,28 @@ import orjson
 from braze_currents.receiver import SegmentReceiver
 
 
+def local_s3_client(endpoint: str, *, max_attempts: int | None = None) -> Any:
+    """Return a boto3 S3 client for a local S3-compatible endpoint, with moto's dummy credentials.
+
+    :param endpoint: e.g. ``http://127.0.0.1:5000``.
+    :param max_attempts: boto3's standard-mode attempts per call; its default when None.
+    """
+    import boto3
+    from botocore.config import Config
+
+    retries = (
+        None if max_attempts is None else Config(retries={"mode": "standard", "max_attempts": max_attempts})
+    )
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=retries,
+    )
+
+
 class LocalServices:
     """Start a moto S3 server and a Segment receiver; stop both on exit.
 
@@ -59,15 +81,7 @@ class LocalServices:
             self._moto.stop()
 
     def s3_client(self) -> Any:
-        import boto3
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.s3_endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+        return local_s3_client(self.s3_endpoint)
 
     def connection_env(self) -> dict[str, str]:
         """Return ``AIRFLOW_CONN_*`` variables for the source and Segment connections."""

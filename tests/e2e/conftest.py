@@ -103,24 +103,17 @@ def wait_for(condition: Callable[[], Any], *, timeout: float, what: str, every: 
 
 def current_entry(name: str, bucket: str, workdir: Path | str, **overrides: Any) -> dict[str, Any]:
     """Return an exports-config entry for a test Current with its own prefix and messageId prefix."""
-    work = str(workdir).rstrip("/")
-    entry = {
-        "name": name,
+    from tests import helpers
+
+    settings = {
         "start_date": (now_hour() - timedelta(days=2)).isoformat(),
-        "source": {"conn_id": "braze_currents_s3", "bucket": bucket, "prefix": name},
-        "event_types": list(TYPES),
-        "segment": {"conn_id": "segment_default", "region": "us"},
-        "staging": f"{work}/staging",
-        "dead_letters": f"{work}/dead_letters",
-        "state": f"{work}/state",
-        "mapping_file": str(ROOT / "include" / "segment_mapping.yaml"),
         "message_id_prefix": f"{name}-",
-        "chunk_events": 2500,
         "upload_concurrency": 2,
-        "retries": 0,
+        **overrides,
     }
-    entry.update(overrides)
-    return entry
+    return helpers.current_entry(
+        name, bucket=bucket, workdir=workdir, prefix=name, event_types=TYPES, **settings
+    )
 
 
 def write_exports(path: Path, entries: Iterable[dict[str, Any]]) -> Path:

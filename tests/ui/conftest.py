@@ -28,6 +28,7 @@ import requests
 import yaml
 
 from tests.helpers import PREFIX as HOSTILE_PREFIX
+from tests.helpers import current_entry
 from tests.ui.support import USER, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,20 +104,9 @@ class Site:
 
 def _write_config(path: Path, workdir: Path, bucket: str) -> None:
     def entry(name: str, **overrides: Any) -> dict[str, Any]:
-        return {
-            "name": name,
-            "start_date": "2026-01-01T00:00:00Z",
-            "source": {"conn_id": "braze_currents_s3", "bucket": bucket, "prefix": name},
-            "event_types": list(EVENT_TYPES),
-            "segment": {"conn_id": "segment_default", "region": "us"},
-            "staging": str(workdir / "staging"),
-            "dead_letters": str(workdir / "dead_letters"),
-            "state": str(workdir / "state"),
-            "mapping_file": str(ROOT / "include" / "segment_mapping.yaml"),
-            "chunk_events": 2500,
-            "retries": 0,
-            **overrides,
-        }
+        return current_entry(
+            name, bucket=bucket, workdir=workdir, prefix=name, event_types=EVENT_TYPES, **overrides
+        )
 
     beta = entry("beta", on_dead_letters="fail")
     beta["source"]["prefix"] = HOSTILE_PREFIX
