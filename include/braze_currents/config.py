@@ -31,6 +31,7 @@ _KEYS = {
     "integrations": "the Segment integrations object of every batch",
     "chunk_events": "about how many events one upload task sends",
     "upload_concurrency": "requests in flight per upload task",
+    "prepare_workers": "processes that read files in the prepare task (default 2; 1 reads them in the task)",
     "rate_limit": "requests_per_second and/or events_per_second, a cap shared by upload tasks in one process",
     "retries": "Airflow retries per task",
     "catchup": "whether the scheduler creates runs for past hours since start_date",
@@ -73,6 +74,7 @@ class CurrentConfig:
     integrations: dict[str, Any] = dataclasses.field(default_factory=lambda: {"Braze": False})
     chunk_events: int = 50_000
     upload_concurrency: int = 4
+    prepare_workers: int = 2
     retries: int = 3
     catchup: bool = False
     max_active_runs: int = 4
@@ -285,6 +287,7 @@ def parse_current(entry: Any, index: int, base: Path) -> CurrentConfig:
         integrations=integrations,
         chunk_events=_int(entry, "chunk_events", where, 50_000, 2_500, 1_000_000),
         upload_concurrency=_int(entry, "upload_concurrency", where, 4, 1, 32),
+        prepare_workers=_int(entry, "prepare_workers", where, 2, 1, 16),
         retries=_int(entry, "retries", where, 3, 0, 20),
         catchup=_bool(entry, "catchup", where),
         max_active_runs=_int(entry, "max_active_runs", where, 4, 1, 64),

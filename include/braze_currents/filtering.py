@@ -45,17 +45,30 @@ class SeenIds:
     def __len__(self) -> int:
         return sum(len(high) for high, _ in self._runs)
 
+    @staticmethod
+    def hashes(ids: Any) -> tuple[Any, Any]:
+        """Return the two 64-bit halves of each id's hash, as :meth:`add_hashes` takes them.
+
+        :param ids: a numpy object array of id strings.
+        """
+        import pandas as pd
+
+        high = pd.util.hash_array(ids, hash_key=_HASH_KEYS[0], categorize=False)
+        low = pd.util.hash_array(ids, hash_key=_HASH_KEYS[1], categorize=False)
+        return high, low
+
     def add(self, ids: Any) -> Any:
         """Record ids that do not repeat among themselves; return a mask of those recorded before.
 
         :param ids: a numpy object array of id strings.
         """
-        import numpy as np
-        import pandas as pd
+        return self.add_hashes(*self.hashes(ids))
 
-        high = pd.util.hash_array(ids, hash_key=_HASH_KEYS[0], categorize=False)
-        low = pd.util.hash_array(ids, hash_key=_HASH_KEYS[1], categorize=False)
-        seen = np.zeros(len(ids), dtype=bool)
+    def add_hashes(self, high: Any, low: Any) -> Any:
+        """:meth:`add` for ids already hashed with :meth:`hashes` (say, in another process)."""
+        import numpy as np
+
+        seen = np.zeros(len(high), dtype=bool)
         for run_high, run_low in self._runs:
             at = np.minimum(np.searchsorted(run_high, high), len(run_high) - 1)
             seen |= (run_high[at] == high) & (run_low[at] == low)
@@ -84,10 +97,15 @@ class Selection:
     :param outcome: a numpy array with one of ``SEND``, ``MISSING_ID``, ``NO_EXTERNAL_ID``,
         ``DUPLICATE``, ``ALREADY_SENT`` per row.
     :param user_ids: per row, the external user id without surrounding blanks (meaningful where sent).
+    :param taken: the rows whose ids this batch added to ``seen`` (each id's first row), in order;
+        their outcome is ``SEND`` or ``ALREADY_SENT``.
+    :param taken_hashes: the hashes of those ids, as :meth:`SeenIds.hashes` gives them.
     """
 
     outcome: Any
     user_ids: list[Any]
+    taken: Any = None
+    taken_hashes: tuple[Any, Any] | None = None
 
     def rows(self, outcome: int) -> list[int]:
         """Return the row numbers with this outcome, in order."""
@@ -142,15 +160,16 @@ def select_rows(
     candidate_ids = ids.iloc[candidates]
     repeated = candidate_ids.duplicated(keep="first").to_numpy()
     first = candidates[~repeated]
-    earlier = seen.add(candidate_ids.to_numpy()[~repeated])
+    high, low = SeenIds.hashes(candidate_ids.to_numpy()[~repeated])
+    earlier = seen.add_hashes(high, low)
     outcome[candidates[repeated]] = DUPLICATE
     outcome[first[earlier]] = DUPLICATE
+    fresh = first[~earlier]
     if already_sent:
-        fresh = first[~earlier]
         delivered = np.fromiter(
             (message_id_prefix + records[row]["id"] in already_sent for row in fresh.tolist()),
             dtype=bool,
             count=len(fresh),
         )
         outcome[fresh[delivered]] = ALREADY_SENT
-    return Selection(outcome, external.tolist())
+    return Selection(outcome, external.tolist(), fresh, (high[~earlier], low[~earlier]))

@@ -50,10 +50,19 @@ class EventFilters:
         :param rows: the rows to test (those otherwise sent), in order.
         :param event_type: the batch's event type (its schema names the query's columns).
         """
+        reasons = self.reasons(records, rows, event_type)
+        held = Counter(reason for reason in reasons if reason is not None)
+        return [row for row, reason in zip(rows, reasons, strict=True) if reason is None], held
+
+    def reasons(
+        self, records: Sequence[Mapping[str, Any]], rows: Sequence[int], event_type: str
+    ) -> list[str | None]:
+        """Return, per row, the first filter that holds it back (``filter_<field>`` or
+        ``filter_query``), or None when it passes. Arguments as for :meth:`apply`."""
         import numpy as np
         import pandas as pd
 
-        dropped: Counter = Counter()
+        held: list[str | None] = [None] * len(rows)
         keep = np.ones(len(rows), dtype=bool)
         for rule in self.lists:
             values = pd.Series([records[row].get(rule.field) for row in rows], dtype=object)
@@ -64,8 +73,8 @@ class EventFilters:
                 bad |= present & ~text.isin(rule.allow).to_numpy()
             if rule.deny:
                 bad |= present & text.isin(rule.deny).to_numpy()
-            newly = bad & keep
-            dropped[f"filter_{rule.field}"] += int(newly.sum())
+            for position in np.flatnonzero(bad & keep).tolist():
+                held[position] = f"filter_{rule.field}"
             keep &= ~bad
         if self.query and keep.any():
             kept_rows = [row for row, ok in zip(rows, keep, strict=True) if ok]
@@ -79,9 +88,9 @@ class EventFilters:
                 raise FilterError(f"filters.query {self.query!r} failed on {event_type}: {exc}") from None
             passed = pd.Series(passed).fillna(False).astype(bool).to_numpy()
             positions = np.flatnonzero(keep)
-            dropped["filter_query"] += int((~passed).sum())
-            keep[positions[~passed]] = False
-        return [row for row, ok in zip(rows, keep, strict=True) if ok], +dropped
+            for position in positions[~passed].tolist():
+                held[position] = "filter_query"
+        return held
 
 
 @functools.cache

@@ -7,13 +7,18 @@ size-safe batches and write them, a chunk at a time, to the staging location.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import io
 import logging
+import os
+import pickle
+import shutil
+import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -24,7 +29,6 @@ from braze_currents.filtering import (
     DUPLICATE,
     MISSING_ID,
     NO_EXTERNAL_ID,
-    SEND,
     SeenIds,
     select_rows,
 )
@@ -40,12 +44,6 @@ DROP_NOT_SELECTED = "event_type_not_selected"
 DROP_NO_EXTERNAL_ID = "missing_external_user_id"
 DROP_DUPLICATE = "duplicate_id"
 DROP_ALREADY_SENT = "already_sent"
-_HAND_OVER_EVENTS = 256
-_DROP_REASONS = (
-    (NO_EXTERNAL_ID, DROP_NO_EXTERNAL_ID),
-    (DUPLICATE, DROP_DUPLICATE),
-    (ALREADY_SENT, DROP_ALREADY_SENT),
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +107,12 @@ class PrepareResult:
 
 
 class _ChunkWriter:
-    """Gather batches and their sources; write a chunk to staging once it holds enough events."""
+    """Gather batches and their sources; write a chunk to staging once it holds enough events.
+
+    Beside each chunk go ``.sources.json`` (the file and row of each event, for dead letters) and
+    ``.message-ids.jsonl`` (each batch's messageIds, one JSON list per body line, so an upload need not parse
+    the bodies again).
+    """
 
     def __init__(self, staging: Store, folder: str, settings: PrepareSettings, result: PrepareResult) -> None:
         self.staging, self.folder, self.settings, self.result = staging, folder, settings, result
@@ -124,6 +127,8 @@ class _ChunkWriter:
         # Bodies go straight into one buffer (getvalue() hands it over without a copy), so a full chunk
         # sits in memory once rather than as bodies plus their joined copy.
         self.data = io.BytesIO()
+        self.ids = io.BytesIO()
+        self.open_ids: list[str] = []  # the ids of the batch the builder holds open
         self.batches = 0
         # (file index, row) per event, as numpy blocks: a tuple per event would scatter small objects
         # across the heap for the life of the chunk.
@@ -133,31 +138,40 @@ class _ChunkWriter:
         self.digest = hashlib.blake2b(digest_size=8)
         self.events = 0
 
-    def add_many(
-        self, events: list[bytes], message_ids: list[str], key: str, rows: list[int], event_type: str
+    def add_joined(
+        self, joined: bytes, lengths: Any, message_ids: list[str], key: str, rows: Any, event_type: str
     ) -> None:
-        """Add serialised events of one file in order; a chunk is written each time it is full."""
+        """Add serialised events of one file in order, handed over as one buffer (each event followed
+        by a comma, see :meth:`BatchBuilder.extend_joined`); a chunk is written each time it is full."""
         import numpy as np
 
+        ends = np.cumsum(np.asarray(lengths, dtype=np.int64) + 1).tolist()
         start = 0
-        while start < len(events):
-            end = start + min(len(events) - start, self.settings.chunk_events - self.events)
+        while start < len(lengths):
+            end = start + min(len(lengths) - start, self.settings.chunk_events - self.events)
             file_index = self.files.setdefault(key, len(self.files))
             self.sources.append(np.column_stack((np.full(end - start, file_index), rows[start:end])))
             if not self.types or self.types[-1] != event_type:
                 self.types.append(event_type)
             # Hashing joined ids gives the same digest as hashing them one by one, at a fraction of the cost.
             self.digest.update("".join(message_ids[start:end]).encode())
-            self._write(self.builder.extend(events[start:end]))
+            self.open_ids.extend(message_ids[start:end])
+            begin = ends[start - 1] if start else 0
+            self._write(self.builder.extend_joined(joined[begin : ends[end - 1]], lengths[start:end]))
             self.events += end - start
             if self.events >= self.settings.chunk_events:
                 self.close()
             start = end
 
     def _write(self, bodies: list[bytes]) -> None:
-        for body in bodies:
+        sizes = self.builder.closed_sizes
+        for body, size in zip(bodies, sizes, strict=True):
             self.data.write(body)
             self.data.write(b"\n")
+            self.ids.write(orjson.dumps(self.open_ids[:size]))
+            self.ids.write(b"\n")
+            del self.open_ids[:size]
+        sizes.clear()
         self.batches += len(bodies)
 
     def close(self) -> None:
@@ -173,6 +187,7 @@ class _ChunkWriter:
         name = f"{self.folder}/chunk-{chunk_id}.ndjson"
         data = self.data.getvalue()
         self.staging.put(name, data)
+        self.staging.put(f"{self.folder}/chunk-{chunk_id}.message-ids.jsonl", self.ids.getvalue())
         sources = {"files": list(self.files), "events": np.concatenate(self.sources)}
         self.staging.put(
             f"{self.folder}/chunk-{chunk_id}.sources.json",
@@ -185,6 +200,226 @@ class _ChunkWriter:
         self._reset()
 
 
+# What became of each id a file's batch took first (see _Piece.fates).
+_FATE_SEND = 0
+_FATE_ALREADY_SENT = 1
+_FATE_HELD = 2
+_FATE_LETTER = 3
+
+
+@dataclasses.dataclass
+class _Piece:
+    """One decoded batch of a file, decided as far as the file alone allows.
+
+    Only repeats of ids seen in earlier files are left to decide; the merge does that, in file order,
+    and each id found earlier cancels what the file decided for it.
+
+    :param read: records in the batch.
+    :param first_row: the row of the batch's first record in its file.
+    :param not_selected: records dropped because their event type is not selected.
+    :param missing_id: rows without an id.
+    :param no_external: records without an external user id.
+    :param repeated: records whose id an earlier row of the same file had.
+    :param hashes: the hashes of the ids the batch took first in the file, in row order.
+    :param fates: for each of those ids, one of the ``_FATE_*`` codes.
+    :param held: per ``_FATE_HELD``, in order, the filter that held it back.
+    :param letters: per ``_FATE_LETTER``, in order, its dead letter.
+    :param blob: per ``_FATE_SEND``, in order, its serialised message followed by a comma.
+    :param lengths: the length of each message in ``blob``.
+    :param message_ids: each message's messageId.
+    :param rows: each message's row in the file.
+    """
+
+    read: int
+    first_row: int
+    not_selected: int = 0
+    missing_id: list[int] = dataclasses.field(default_factory=list)
+    no_external: int = 0
+    repeated: int = 0
+    hashes: tuple[Any, Any] | None = None
+    fates: Any = None
+    held: list[str] = dataclasses.field(default_factory=list)
+    letters: list[DeadLetter] = dataclasses.field(default_factory=list)
+    blob: bytes = b""
+    lengths: Any = None
+    message_ids: list[str] = dataclasses.field(default_factory=list)
+    rows: Any = None
+
+
+@dataclasses.dataclass
+class _FileOutcome:
+    """What reading one file gave: its pieces, or why it could not be read (then ``failed`` is set)."""
+
+    pieces: Iterable[_Piece]
+    failed: str | None = None
+    truncated: str | None = None
+    spool: str | None = None
+
+
+class _FileReader:
+    """Decode, select, filter and map one file at a time, without knowing the rest of the window.
+
+    :param already_sent: messageIds the ledger records as delivered.
+    """
+
+    def __init__(
+        self, mapping: EventMapping, settings: PrepareSettings, already_sent: Collection[str]
+    ) -> None:
+        self.mapping, self.settings, self.already_sent = mapping, settings, already_sent
+        self.integration = integration_context()
+
+    def pieces(self, batches: RecordBatches, event_type: str) -> Iterator[_Piece]:
+        """Decide, batch by batch, what becomes of a file's events; map those to send."""
+        import numpy as np
+
+        key, settings = batches.key, self.settings
+        selected = event_type in settings.event_types
+        if selected:
+            build = MessageBuilder(
+                self.mapping.spec(event_type),
+                message_id_prefix=settings.message_id_prefix,
+                integration=self.integration,
+            ).build
+        dumps = orjson.dumps
+        seen = SeenIds()  # this file's ids; the merge checks them against the window's
+        first_row = 0
+        for records in batches:
+            piece = _Piece(read=len(records), first_row=first_row)
+            first_row += len(records)
+            if not selected:
+                piece.not_selected = len(records)
+                yield piece
+                continue
+            selection = select_rows(
+                records,
+                seen,
+                already_sent=self.already_sent,
+                message_id_prefix=settings.message_id_prefix,
+                anonymous=settings.anonymous,
+            )
+            piece.missing_id = selection.rows(MISSING_ID)
+            piece.no_external = selection.count(NO_EXTERNAL_ID)
+            piece.repeated = selection.count(DUPLICATE)
+            piece.hashes = selection.taken_hashes
+            taken = selection.taken.tolist()
+            fates = np.where(
+                selection.outcome[selection.taken] == ALREADY_SENT, _FATE_ALREADY_SENT, _FATE_SEND
+            )
+            send = [row for row, fate in zip(taken, fates.tolist(), strict=True) if fate == _FATE_SEND]
+            position = {row: index for index, row in enumerate(taken)}
+            if settings.filters:
+                reasons = settings.filters.reasons(records, send, event_type)
+                for row, reason in zip(send, reasons, strict=True):
+                    if reason is not None:
+                        fates[position[row]] = _FATE_HELD
+                        piece.held.append(reason)
+                send = [row for row, reason in zip(send, reasons, strict=True) if reason is None]
+            user_ids = selection.user_ids
+            blob = bytearray()
+            lengths: list[int] = []
+            rows: list[int] = []
+            for row in send:
+                record = records[row]
+                try:
+                    user_id = user_ids[row]
+                    if type(user_id) is str and user_id:
+                        message = build(record, user_id)
+                    else:  # only with anonymous: no external id, a Braze user id
+                        message = build(record, None, anonymous_id=str(record["user_id"]).strip())
+                    event = dumps(message)
+                except (ValueError, TypeError, OverflowError, orjson.JSONEncodeError) as exc:
+                    detail = str(exc)
+                    reason = "unmappable_event"
+                else:
+                    if len(event) <= MAX_EVENT_BYTES:
+                        # Copied into one buffer at once: orjson's output holds a buffer of several
+                        # kilobytes whatever its length, which a batch of thousands would keep alive.
+                        blob += event
+                        blob += b","
+                        lengths.append(len(event))
+                        piece.message_ids.append(message["messageId"])
+                        rows.append(piece.first_row + row)
+                        continue
+                    detail = f"{len(event)} bytes as JSON; Segment's limit is {MAX_EVENT_BYTES}"
+                    reason = "event_over_32kb"
+                fates[position[row]] = _FATE_LETTER
+                piece.letters.append(
+                    DeadLetter(reason, key, event_type, record["id"], piece.first_row + row, detail)
+                )
+            piece.fates = fates
+            piece.blob = bytes(blob)
+            piece.lengths = np.array(lengths, dtype=np.int64)
+            piece.rows = np.array(rows, dtype=np.int64)
+            yield piece
+
+    def read(self, key: str, event_type: str, data: bytes | BinaryIO) -> _FileOutcome:
+        """Read one object; its pieces are produced as they are iterated."""
+        try:
+            batches = RecordBatches(data, key)
+        except DecodeError as exc:
+            return _FileOutcome(pieces=(), failed=str(exc))
+        outcome = _FileOutcome(pieces=())
+
+        def pieces() -> Iterator[_Piece]:
+            yield from self.pieces(batches, event_type)
+            outcome.truncated = batches.error
+
+        outcome.pieces = pieces()
+        return outcome
+
+
+# -- reading files in worker processes ----------------------------------------------------------------
+
+_WORKER_READER: _FileReader | None = None
+
+
+def _start_worker(reader: _FileReader) -> None:
+    import signal
+
+    global _WORKER_READER
+    _WORKER_READER = reader
+    # The parent logs what a worker finds; two processes writing one task log could mix lines.
+    logging.getLogger("braze_currents").setLevel(logging.CRITICAL)
+    # A forked worker inherits the task's signal handlers (Airflow's among them); a worker told to
+    # stop should just stop, and leave the task's own shutdown to the task.
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, signal.SIG_DFL)
+
+
+def _read_to_spool(key: str, event_type: str, source: str, spool: str) -> _FileOutcome:
+    """In a worker: read the object the parent saved at ``source`` (then delete it), and write its
+    pieces to ``spool`` one after the other; return the outcome without them."""
+    assert _WORKER_READER is not None
+    with open(source, "rb") as data, open(spool, "wb") as out:
+        os.unlink(source)  # gone once closed, whatever happens; decoding reads it as it goes
+        outcome = _WORKER_READER.read(key, event_type, data)
+        if outcome.failed:
+            return outcome
+        for piece in outcome.pieces:
+            pickle.dump(piece, out, protocol=pickle.HIGHEST_PROTOCOL)
+    return _FileOutcome(pieces=(), truncated=outcome.truncated, spool=spool)
+
+
+def _spooled(spool: str) -> Iterator[_Piece]:
+    """In the parent: a spooled file's pieces, loaded one at a time, so one batch is in memory."""
+    with open(spool, "rb") as handle:
+        while True:
+            try:
+                # Only this run's workers write in its private spool folder.
+                yield pickle.load(handle)
+            except EOFError:
+                break
+    os.unlink(spool)
+
+
+def _fork_context() -> Any:
+    import multiprocessing
+
+    methods = multiprocessing.get_all_start_methods()
+    # fork starts a worker in milliseconds with the parent's imports; elsewhere spawn works, slower.
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
 def prepare_window(
     objects: Iterable[ListedObject],
     fetch: Callable[[str], bytes],
@@ -194,8 +429,13 @@ def prepare_window(
     staging: Store,
     folder: str,
     seen_ids: set[str] | None = None,
+    workers: int = 1,
 ) -> PrepareResult:
     """Decode, filter, map and batch a window's objects into staged chunks.
+
+    With ``workers`` above 1, files are decoded, filtered and mapped in that many worker processes,
+    and this process merges their output in the listed order: it drops repeats of ids seen in earlier
+    files, counts, batches and stages. The staged chunks are the same as with one process.
 
     :param objects: the listed objects of the window, in a stable order.
     :param fetch: returns an object's bytes by key.
@@ -205,122 +445,173 @@ def prepare_window(
     :param folder: the window's folder inside ``staging``.
     :param seen_ids: messageIds the ledger records as delivered; such events are dropped as
         ``already_sent``, so a rerun never sends an event twice.
+    :param workers: processes that read files; 1 reads them in this process.
     """
+    objects = list(objects)
     result = PrepareResult()
     writer = _ChunkWriter(staging, folder, settings, result)
-    integration = integration_context()
-    already_sent = seen_ids or set()
+    reader = _FileReader(mapping, settings, seen_ids or set())
     seen = SeenIds()
-    dumps = orjson.dumps
-
-    # Per-file outcome counts for the ledger, taken as differences of the window's counters.
-    marks: dict[str, Any] = {}
-
-    def close_file() -> None:
-        if not marks:
-            return
-        source = result.source_files[-1]
-        dropped = {k: n - marks["dropped"].get(k, 0) for k, n in result.dropped.items()}
-        source["dropped"] = {k: n for k, n in dropped.items() if n}
-        source["dead_lettered"] = sum(
-            1 for letter in result.dead_letters[marks["letters"] :] if letter.id is not None
-        )
-        source["staged"] = source["read"] - sum(source["dropped"].values()) - source["dead_lettered"]
-        marks.clear()
-
     keys: set[str] = set()
-    for listed in objects:
-        close_file()
-        if listed.key in keys:  # listed twice: read it once, so no event is counted twice
-            result.files_listed_twice += 1
-            continue
-        keys.add(listed.key)
-        marks.update(dropped=Counter(result.dropped), letters=len(result.dead_letters))
+
+    def merge_file(listed: ListedObject, outcome: _FileOutcome | None, error: str | None = None) -> None:
         key, event_type = listed.key, listed.event_type
+        if outcome is None:  # listed twice: read it once, so no event is counted twice
+            result.files_listed_twice += 1
+            return
         result.files += 1
-        try:
-            batches = RecordBatches(fetch(key), key)
-        except DecodeError as exc:
-            result.files_failed += 1
-            result.dead_letters.append(DeadLetter("undecodable_file", key, event_type, detail=str(exc)))
-            log.warning("Dead-lettered %s: %s", key, exc)
-            result.source_files.append({"key": key, "etag": listed.etag, "size": listed.size, "read": 0})
-            continue
         source = {"key": key, "etag": listed.etag, "size": listed.size, "read": 0}
         result.source_files.append(source)
-        selected = event_type in settings.event_types
-        if selected:
-            build = MessageBuilder(
-                mapping.spec(event_type),
-                message_id_prefix=settings.message_id_prefix,
-                integration=integration,
-            ).build
-
-        # A batch at a time: pandas decides each row's fate, then only the rows to send are mapped.
-        first_row = 0
-        for records in batches:
-            result.events_read += len(records)
-            source["read"] += len(records)
-            if not selected:
-                result.dropped[DROP_NOT_SELECTED] += len(records)
-                continue
-            selection = select_rows(
-                records,
-                seen,
-                already_sent=already_sent,
-                message_id_prefix=settings.message_id_prefix,
-                anonymous=settings.anonymous,
-            )
-            for row in selection.rows(MISSING_ID):
-                result.dead_letters.append(DeadLetter("missing_id", key, event_type, "", first_row + row))
-            for outcome, reason in _DROP_REASONS:
-                count = selection.count(outcome)
-                if count:
-                    result.dropped[reason] += count
-            user_ids = selection.user_ids
-            send = selection.rows(SEND)
-            if settings.filters:
-                send, held = settings.filters.apply(records, send, event_type)
-                result.dropped.update(held)
-            # A slice at a time: orjson's output holds a buffer of several kilobytes until the batch
-            # builder has copied it, so events are handed over often rather than held for the whole batch.
-            for start in range(0, len(send), _HAND_OVER_EVENTS):
-                events: list[bytes] = []
-                message_ids: list[str] = []
-                rows: list[int] = []
-                for row in send[start : start + _HAND_OVER_EVENTS]:
-                    record = records[row]
-                    try:
-                        user_id = user_ids[row]
-                        if type(user_id) is str and user_id:
-                            message = build(record, user_id)
-                        else:  # only with anonymous: no external id, a Braze user id
-                            message = build(record, None, anonymous_id=str(record["user_id"]).strip())
-                        event = dumps(message)
-                    except (ValueError, TypeError, OverflowError, orjson.JSONEncodeError) as exc:
-                        result.dead_letters.append(
-                            DeadLetter(
-                                "unmappable_event", key, event_type, record["id"], first_row + row, str(exc)
-                            )
-                        )
-                        continue
-                    if len(event) > MAX_EVENT_BYTES:
-                        detail = f"{len(event)} bytes as JSON; Segment's limit is {MAX_EVENT_BYTES}"
-                        result.dead_letters.append(
-                            DeadLetter(
-                                "event_over_32kb", key, event_type, record["id"], first_row + row, detail
-                            )
-                        )
-                        continue
-                    events.append(event)
-                    message_ids.append(message["messageId"])
-                    rows.append(first_row + row)
-                writer.add_many(events, message_ids, key, rows, event_type)
-            first_row += len(records)
-        if batches.error:
+        if outcome.failed:
             result.files_failed += 1
-            result.dead_letters.append(DeadLetter("truncated_file", key, event_type, detail=batches.error))
+            result.dead_letters.append(DeadLetter("undecodable_file", key, event_type, detail=outcome.failed))
+            log.warning("Dead-lettered %s: %s", key, outcome.failed)
+            source.update(dropped={}, dead_lettered=0, staged=0)
+            return
+        dropped_before, letters_before = Counter(result.dropped), len(result.dead_letters)
+        pieces = _spooled(outcome.spool) if outcome.spool else outcome.pieces
+        for piece in pieces:
+            _merge_piece(piece, key, event_type, source)
+        if outcome.truncated:
+            result.files_failed += 1
+            result.dead_letters.append(
+                DeadLetter("truncated_file", key, event_type, detail=outcome.truncated)
+            )
+            if outcome.spool:
+                log.warning("Decoding %s %s", key, outcome.truncated)
+        dropped = {k: n - dropped_before.get(k, 0) for k, n in result.dropped.items()}
+        source["dropped"] = {k: n for k, n in dropped.items() if n}
+        source["dead_lettered"] = sum(
+            1 for letter in result.dead_letters[letters_before:] if letter.id is not None
+        )
+        source["staged"] = source["read"] - sum(source["dropped"].values()) - source["dead_lettered"]
 
-    close_file()
+    def _merge_piece(piece: _Piece, key: str, event_type: str, source: dict[str, Any]) -> None:
+        import numpy as np
+
+        result.events_read += piece.read
+        source["read"] += piece.read
+        if piece.not_selected:
+            result.dropped[DROP_NOT_SELECTED] += piece.not_selected
+            return
+        for row in piece.missing_id:
+            result.dead_letters.append(DeadLetter("missing_id", key, event_type, "", piece.first_row + row))
+        earlier = seen.add_hashes(*piece.hashes)
+        fates = piece.fates
+        for reason, count in (
+            (DROP_NO_EXTERNAL_ID, piece.no_external),
+            (DROP_DUPLICATE, piece.repeated + int(earlier.sum())),
+            (DROP_ALREADY_SENT, int(((fates == _FATE_ALREADY_SENT) & ~earlier).sum())),
+        ):
+            if count:
+                result.dropped[reason] += count
+        # An id an earlier file had is a repeat, whatever this file decided for it.
+        for reason, first in zip(piece.held, earlier[fates == _FATE_HELD].tolist(), strict=True):
+            if not first:
+                result.dropped[reason] += 1
+        for letter, first in zip(piece.letters, earlier[fates == _FATE_LETTER].tolist(), strict=True):
+            if not first:
+                result.dead_letters.append(letter)
+        if not len(piece.lengths):
+            return
+        keep = ~earlier[fates == _FATE_SEND]
+        blob, lengths, message_ids, rows = piece.blob, piece.lengths, piece.message_ids, piece.rows
+        if not keep.all():
+            ends = np.cumsum(lengths + 1).tolist()
+            chosen = np.flatnonzero(keep).tolist()
+            blob = b"".join(blob[(ends[index - 1] if index else 0) : ends[index]] for index in chosen)
+            lengths, rows = lengths[keep], rows[keep]
+            message_ids = [message_ids[index] for index in chosen]
+        writer.add_joined(blob, lengths, message_ids, key, rows, event_type)
+
+    def fresh(listed: ListedObject) -> bool:
+        if listed.key in keys:
+            return False
+        keys.add(listed.key)
+        return True
+
+    if workers <= 1 or len(objects) < 2:
+        for listed in objects:
+            if not fresh(listed):
+                merge_file(listed, None)
+                continue
+            try:
+                outcome = reader.read(listed.key, listed.event_type, fetch(listed.key))
+            except DecodeError as exc:  # fetch found the object gone
+                outcome = _FileOutcome(pieces=(), failed=str(exc))
+            merge_file(listed, outcome)
+    else:
+        _prepare_in_workers(objects, fetch, reader, min(workers, len(objects)), fresh, merge_file)
     writer.close()
     return result
+
+
+def _prepare_in_workers(
+    objects: list[ListedObject],
+    fetch: Callable[[str], bytes],
+    reader: _FileReader,
+    workers: int,
+    fresh: Callable[[ListedObject], bool],
+    merge_file: Callable[..., None],
+) -> None:
+    """Read files in worker processes, a few ahead of the merge, and merge them in the listed order.
+
+    Objects and results pass through files in a private folder on local disk: the parent saves each
+    object it fetched there, and a worker writes the file's pieces there; so the parent holds one
+    object while it saves it and one batch of messages while it merges, however far ahead the
+    workers run.
+    """
+    from concurrent.futures import Future, ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    spool_dir = tempfile.mkdtemp(prefix="braze-currents-prepare-")
+    ahead: collections.deque[tuple[ListedObject, Future | _FileOutcome | None]] = collections.deque()
+    queue = iter(enumerate(objects))
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=_fork_context(), initializer=_start_worker, initargs=(reader,)
+    )
+    try:
+
+        def submit() -> bool:
+            item = next(queue, None)
+            if item is None:
+                return False
+            index, listed = item
+            if not fresh(listed):
+                ahead.append((listed, None))
+                return True
+            try:
+                data = fetch(listed.key)
+            except DecodeError as exc:  # fetch found the object gone
+                ahead.append((listed, _FileOutcome(pieces=(), failed=str(exc))))
+                return True
+            source = os.path.join(spool_dir, f"{index:06d}.avro")
+            with open(source, "wb") as handle:
+                handle.write(data)
+            del data
+            spool = os.path.join(spool_dir, f"{index:06d}.pieces")
+            future = pool.submit(_read_to_spool, listed.key, listed.event_type, source, spool)
+            ahead.append((listed, future))
+            return True
+
+        more = True
+        while True:
+            # Keep every worker busy, with two files saved beyond them: one slow file then stalls no one.
+            while more and sum(1 for _, item in ahead if isinstance(item, Future)) < workers + 2:
+                more = submit()
+            if not ahead:
+                break
+            listed, item = ahead.popleft()
+            try:
+                outcome = item.result() if isinstance(item, Future) else item
+            except BrokenProcessPool:
+                # Every file in flight fails with the pool, so which one the dead worker held is unknown.
+                raise RuntimeError(
+                    "a prepare worker process died (killed, perhaps for lack of memory) before "
+                    f"{listed.key} and the files after it were prepared; retry the task, or set the "
+                    "Current's prepare_workers: 1 to read files in the task itself"
+                ) from None
+            merge_file(listed, outcome)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(spool_dir, ignore_errors=True)

@@ -7,7 +7,7 @@ import io
 import logging
 from collections.abc import Iterable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 import fastavro
 
@@ -123,18 +123,24 @@ class RecordBatches:
     stops decoding part way (a truncated upload), iteration ends after the records decoded so far and
     ``error`` says why.
 
-    :param data: the whole object.
+    :param data: the whole object, or a binary file holding it (read as decoding goes, so only a
+        block of it is in memory at a time).
     :param key: the object key, used in error messages.
     :param batch_size: the most records in one batch.
     :raises DecodeError: when no record can be decoded: empty object, not Avro, or a schema without
         the fields every Currents type has.
     """
 
-    def __init__(self, data: bytes, key: str, batch_size: int = 5000) -> None:
-        if not data:
+    def __init__(self, data: bytes | BinaryIO, key: str, batch_size: int = 5000) -> None:
+        if isinstance(data, bytes | bytearray | memoryview):
+            stream: BinaryIO = io.BytesIO(data)
+        else:
+            stream = data
+        if not stream.read(1):
             raise DecodeError("empty object (0 bytes)")
+        stream.seek(0)
         try:
-            reader = fastavro.reader(io.BytesIO(data))
+            reader = fastavro.reader(stream)
         except Exception as exc:  # fastavro raises many types for bad headers
             raise DecodeError(f"not an Avro object container file: {type(exc).__name__}: {exc}") from None
         schema = reader.writer_schema

@@ -105,6 +105,7 @@ def build_dag(current: CurrentConfig) -> DAG:
             message_id_prefix=current.message_id_prefix,
             integrations=current.integrations,
             chunk_events=current.chunk_events,
+            workers=current.prepare_workers,
             **shared,
         )
         upload = UploadChunkOperator.partial(

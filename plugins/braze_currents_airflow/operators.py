@@ -150,6 +150,7 @@ class PrepareChunksOperator(_CurrentsOperator):
     :param message_id_prefix: text before each Currents id in the messageId.
     :param integrations: the ``integrations`` object of every batch.
     :param chunk_events: about how many events one chunk holds.
+    :param workers: processes that read the files (decode, filter, map); 1 reads them in the task.
     """
 
     template_fields: Sequence[str] = ("listing",)
@@ -166,10 +167,12 @@ class PrepareChunksOperator(_CurrentsOperator):
         message_id_prefix: str = "",
         integrations: dict[str, Any] | None = None,
         chunk_events: int = 50_000,
+        workers: int = 2,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.listing = listing
+        self.workers = workers
         self.event_types = list(event_types)
         self.mapping_file = mapping_file
         self.mapping_overrides = mapping_overrides or {}
@@ -281,6 +284,7 @@ class PrepareChunksOperator(_CurrentsOperator):
                     staging=staging,
                     folder=group_folder,
                     seen_ids=group_sent,
+                    workers=self.workers,
                 )
             except FilterError as exc:  # a query that does not fit the data: retrying will not help
                 raise AirflowFailException(f"Current {self.current_name!r}: {exc}") from None

@@ -1,0 +1,216 @@
+"""Prepare with worker processes stages exactly what one process stages, hostile files included.
+
+Files are read in workers that know nothing of the rest of the window; the parent then drops the ids
+that earlier files had. These tests pin the cases where that order matters: a later file's repeat of
+an id that it would have filtered out, dead-lettered or found already sent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import braze_currents.prepare as prepare_module
+from braze_currents.filters import check_filters
+from braze_currents.generator import avro_schema, encode_avro, generate_records
+from braze_currents.keys import build_key
+from braze_currents.mapping import load_mapping
+from braze_currents.prepare import PrepareSettings, prepare_window
+from braze_currents.reader import ListedObject
+from braze_currents.storage import LocalStore
+from tests.helpers import PREFIX, ROOT
+
+HOUR = datetime(2026, 11, 30, 5, tzinfo=UTC)
+SEND = "users.messages.email.Send"
+OPEN = "users.messages.email.Open"
+DENIED_CAMPAIGN = "campaign-denied"
+
+
+def _key(event_type: str, letter: str, offset: int) -> str:
+    return build_key(
+        prefix=PREFIX, integration_id=letter * 24, event_type=event_type, hour=HOUR, offset=offset
+    )
+
+
+@dataclasses.dataclass
+class Window:
+    objects: list[ListedObject]
+    data: dict[str, bytes]
+    cases: dict[str, str]  # what each crafted repeat is -> its id
+    already_sent: set[str]
+
+    def fetch(self, key: str) -> bytes:
+        return self.data[key]
+
+
+@pytest.fixture(scope="module")
+def window() -> Window:
+    rng = random.Random(11)
+    data: dict[str, bytes] = {}
+    objects: list[ListedObject] = []
+
+    def add(event_type: str, letter: str, offset: int, blob: bytes) -> None:
+        key = _key(event_type, letter, offset)
+        data[key] = blob
+        objects.append(ListedObject(key, len(blob), f"etag-{letter}{offset}", event_type))
+
+    first = generate_records(SEND, 6000, hour=HOUR, rng=rng, null_external_ratio=0.1, duplicate_ratio=0.02)
+    for record in first[:4]:
+        record["external_user_id"] = f"cust-{record['id'][:6]}"
+    later = generate_records(SEND, 4000, hour=HOUR, rng=rng, null_external_ratio=0.1, duplicate_ratio=0.02)
+    cases = {}
+    # A later file repeats ids of the first file, each with a fate of its own had it come first.
+    for index, case in enumerate(("plain", "filtered", "too_big", "already_sent")):
+        repeat = dict(first[index])
+        repeat["external_user_id"] = "cust-repeat"
+        cases[case] = repeat["id"]
+        later[index * 7] = repeat
+    later[7]["campaign_id"] = DENIED_CAMPAIGN
+    later[14]["campaign_name"] = "x" * 40_000
+    # And the same fates for ids the later file has first: these are its own to decide.
+    later[100], later[101] = (
+        dict(later[100], external_user_id="cust-own"),
+        dict(later[101], external_user_id="cust-own"),
+    )
+    later[100]["campaign_id"] = DENIED_CAMPAIGN
+    later[101]["campaign_name"] = "y" * 40_000
+    later[102]["id"] = ""
+    schema = avro_schema(SEND)
+    add(SEND, "a", 1, encode_avro(first, schema, block_size=700))
+    add(SEND, "b", 2, encode_avro(later, schema, block_size=700))
+    whole = encode_avro(generate_records(OPEN, 3000, hour=HOUR, rng=rng), avro_schema(OPEN), block_size=400)
+    add(OPEN, "c", 3, whole[: len(whole) * 2 // 3])  # truncated
+    add(OPEN, "d", 4, b"")  # undecodable
+    canvas = generate_records("users.canvas.Entry", 500, hour=HOUR, rng=rng)
+    add("users.canvas.Entry", "e", 5, encode_avro(canvas, avro_schema("users.canvas.Entry")))  # not selected
+    objects.append(objects[0])  # listed twice
+    for offset in range(6, 10):  # more files than workers, so they queue
+        records = generate_records(OPEN, 1500, hour=HOUR, rng=rng, null_external_ratio=0.1)
+        records[0] = {**records[0], "id": later[200 + offset]["id"]}  # a repeat across event types
+        add(OPEN, "f", offset, encode_avro(records, avro_schema(OPEN)))
+    already_sent = {first[3]["id"], later[300]["id"]}
+    return Window(objects, data, cases, already_sent)
+
+
+def _prepare(window: Window, staging: Path, workers: int) -> Any:
+    settings = PrepareSettings(
+        event_types=frozenset({SEND, OPEN}),
+        chunk_events=2_500,
+        filters=check_filters({"campaign_ids": {"deny": [DENIED_CAMPAIGN]}}, "filters"),
+    )
+    return prepare_window(
+        window.objects,
+        window.fetch,
+        mapping=load_mapping(ROOT / "include" / "segment_mapping.yaml"),
+        settings=settings,
+        staging=LocalStore(staging),
+        folder="w",
+        seen_ids=window.already_sent,
+        workers=workers,
+    )
+
+
+def _staged(root: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()
+    }
+
+
+def _without_times(result: Any) -> dict[str, Any]:
+    """The result as data, without the dead letters' times (the runs are seconds apart)."""
+    data = dataclasses.asdict(result)
+    for letter in data["dead_letters"]:
+        letter.pop("at")
+    return data
+
+
+@pytest.fixture(scope="module")
+def in_one_process(window: Window, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict[str, bytes]]:
+    staging = tmp_path_factory.mktemp("one")
+    return _prepare(window, staging, 1), _staged(staging)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_workers_stage_the_same_bytes_and_counts_as_one_process(
+    window, in_one_process, workers, tmp_path, monkeypatch
+):
+    readers = tmp_path / "readers"
+    readers.mkdir()
+    start_worker = prepare_module._start_worker
+
+    def recording(*args: Any) -> None:
+        (readers / str(os.getpid())).touch()
+        start_worker(*args)
+
+    # A forked worker gets its initializer without pickling, so a local function will do.
+    monkeypatch.setattr(prepare_module, "_start_worker", recording)
+    spools = tmp_path / "tmp"
+    spools.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spools))
+    one, staged_by_one = in_one_process
+
+    result = _prepare(window, tmp_path / "staging", workers)
+
+    pids = {int(path.name) for path in readers.iterdir()}
+    assert pids and os.getpid() not in pids, "the files were read in worker processes"
+    assert _staged(tmp_path / "staging") == staged_by_one
+    assert _without_times(result) == _without_times(one)
+    assert list(spools.iterdir()) == [], "the spool files and their folder are removed"
+
+
+def test_a_later_files_repeat_is_a_duplicate_whatever_that_file_would_have_done_with_it(
+    window, in_one_process
+):
+    result, staged = in_one_process
+    later = next(source for source in result.source_files if source["key"] == window.objects[1].key)
+    letters = [letter for letter in result.dead_letters if letter.key == window.objects[1].key]
+    # The later file's own filtered, oversize and id-less events are its own outcomes...
+    assert later["dropped"]["filter_campaign_id"] == 1
+    assert [letter.reason for letter in letters] == ["missing_id", "event_over_32kb"]
+    # ...while its repeats of the first file's ids are duplicates, not filtered, dead-lettered or sent.
+    assert all(letter.id not in window.cases.values() for letter in letters)
+    bodies = b"".join(data for name, data in staged.items() if name.endswith(".ndjson"))
+    repeat_user = b'"userId":"cust-repeat"'
+    assert repeat_user not in bodies
+    assert later["dropped"]["duplicate_id"] >= len(window.cases)
+
+
+def test_the_window_balances_file_by_file(in_one_process):
+    result, _ = in_one_process
+    assert result.files_listed_twice == 1 and result.files_failed == 2
+    for source in result.source_files:
+        assert source["read"] == sum(source["dropped"].values()) + source["dead_lettered"] + source["staged"]
+    assert result.events_read == (result.staged_events + sum(result.dropped.values()) + result.dead_lettered)
+
+
+_ORIGINAL_READ = prepare_module._read_to_spool
+
+
+def _dies_on_the_second_file(key: str, event_type: str, source: str, spool: str) -> Any:
+    if "+0+2." in key:
+        os._exit(9)  # as the kernel's OOM killer would leave it
+    return _ORIGINAL_READ(key, event_type, source, spool)
+
+
+def test_a_worker_that_dies_fails_the_task_saying_where_it_stopped_and_the_way_out(
+    window, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(prepare_module, "_read_to_spool", _dies_on_the_second_file)
+    spools = tmp_path / "tmp"
+    spools.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spools))
+
+    with pytest.raises(
+        RuntimeError,
+        match=r"worker process died .* before currents/.*\.avro and the files after it.*prepare_workers: 1",
+    ):
+        _prepare(window, tmp_path / "staging", 2)
+
+    assert list(spools.iterdir()) == []
