@@ -78,6 +78,16 @@ class UploadResult:
     requests: int
 
 
+def _batch_ids(staging: Store, chunk_name: str, bodies: list[bytes]) -> Callable[[int], list[str]]:
+    """Return a batch's messageIds by index: from the list prepare staged beside the chunk when there
+    is one for every body, else parsed from the body (a chunk staged by an older version)."""
+    name = chunk_name.removesuffix(".ndjson") + ".message-ids.jsonl"
+    lines = staging.get(name).splitlines() if staging.exists(name) else []
+    if len(lines) != len(bodies):
+        return lambda index: message_ids(bodies[index])
+    return lambda index: orjson.loads(lines[index])
+
+
 def _sources(staging: Store, chunk_name: str) -> Callable[[], dict]:
     cache: dict = {}
 
@@ -117,11 +127,12 @@ def upload_chunk(
     bodies = staging.get(chunk_name).splitlines()
     done = acked_batches(state, chunk_name)
     pending = [index for index in range(len(bodies)) if index not in done]
+    ids_of = _batch_ids(staging, chunk_name, bodies)
     sources = _sources(staging, chunk_name)
     requests_before = client.stats.requests
 
     def offset_of(index: int) -> int:
-        return sum(len(message_ids(bodies[i])) for i in range(index))
+        return sum(len(ids_of(i)) for i in range(index))
 
     def refused(body: bytes, first_event: int, detail: str) -> list[DeadLetter]:
         doc = sources()
@@ -159,7 +170,7 @@ def upload_chunk(
     def run(index: int) -> None:
         if before_batch is not None:
             before_batch(index)
-        ids = message_ids(bodies[index])
+        ids = ids_of(index)
         if limiter is not None:
             limiter.acquire(len(ids))
         try:
