@@ -362,30 +362,44 @@ class SegmentReceiver:
             return self._unauthorized_reply()
 
         considered = batch[:MAX_BATCH_EVENTS]
+        dumps = orjson.dumps
+        encoded = []
         for index, event in enumerate(considered):
-            size = len(orjson.dumps(event))
-            if size > MAX_EVENT_BYTES:
+            data = dumps(event)
+            if len(data) > MAX_EVENT_BYTES:
+                size = len(data)
                 message = f"event {index} is {size} bytes, over the {MAX_EVENT_BYTES} byte limit"
                 return self._reply(400, _error("event_too_large", message, index=index, size=size))
+            encoded.append(data)
 
         with self._lock:
             refused = self._refused_ids
-        for index, event in enumerate(considered):
-            if refused and isinstance(event, dict) and event.get("messageId") in refused:
-                message = f"event {index} is not valid"
-                return self._reply(400, _error("invalid_event", message, index=index))
+        if refused:
+            for index, event in enumerate(considered):
+                if isinstance(event, dict) and event.get("messageId") in refused:
+                    message = f"event {index} is not valid"
+                    return self._reply(400, _error("invalid_event", message, index=index))
 
         received_at = _utc_now_iso()
+        defaults = {key: payload.get(key) for key in ("context", "integrations")}
+        defaults = {key: value for key, value in defaults.items() if isinstance(value, dict)}
+        # An event with none of those keys of its own (nor receivedAt) gets them appended: the same
+        # bytes as dumping the merged event, without building it.
+        appended = b"".join(b',"' + key.encode() + b'":' + dumps(value) for key, value in defaults.items())
+        appended += b',"receivedAt":' + dumps(received_at) + b"}\n"
         rejected: collections.Counter[str] = collections.Counter()
         lines: list[tuple[str, bytes]] = []
-        for event in considered:
+        for event, data in zip(considered, encoded, strict=True):
             reason = _event_problem(event)
             if reason is not None:
                 rejected[reason] += 1
                 continue
-            merged = _merge_defaults(event, payload.get("context"), payload.get("integrations"))
-            merged["receivedAt"] = received_at
-            lines.append((event["messageId"], orjson.dumps(merged) + b"\n"))
+            if "receivedAt" in event or any(key in event for key in defaults):
+                merged = _merge_defaults(event, payload.get("context"), payload.get("integrations"))
+                merged["receivedAt"] = received_at
+                lines.append((event["messageId"], dumps(merged) + b"\n"))
+            else:
+                lines.append((event["messageId"], data[:-1] + appended))
 
         with self._lock:
             fresh = []
@@ -396,8 +410,12 @@ class SegmentReceiver:
                 self._ids.add(message_id)
                 fresh.append(line)
             if fresh:
-                self._out_path.parent.mkdir(parents=True, exist_ok=True)
-                with self._out_path.open("ab") as handle:
+                try:
+                    handle = self._out_path.open("ab")
+                except FileNotFoundError:
+                    self._out_path.parent.mkdir(parents=True, exist_ok=True)
+                    handle = self._out_path.open("ab")
+                with handle:
                     handle.write(b"".join(fresh))
             self._accepted += len(fresh)
             self._dropped_over_limit += len(batch) - len(considered)

@@ -137,6 +137,11 @@ class SegmentClient:
         adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
+        # Proxies and CA bundle from the environment (HTTPS_PROXY, REQUESTS_CA_BUNDLE, ...) are looked
+        # up once here rather than on every request, as requests would.
+        settings = self._session.merge_environment_settings(endpoint, {}, None, verify, None)
+        self._proxies, self._verify = settings["proxies"], settings["verify"]
+        self._session.trust_env = False
 
     def __repr__(self) -> str:  # never show the key
         return f"SegmentClient(endpoint={self.endpoint!r})"
@@ -166,7 +171,12 @@ class SegmentClient:
             retry_after = None
             try:
                 response = self._session.post(
-                    self.endpoint, data=body, headers=headers, timeout=self.timeout, verify=self.verify
+                    self.endpoint,
+                    data=body,
+                    headers=headers,
+                    timeout=self.timeout,
+                    verify=self._verify,
+                    proxies=self._proxies,
                 )
             except (requests.ConnectionError, requests.Timeout) as exc:
                 self._count(None, retry=attempt > 1)

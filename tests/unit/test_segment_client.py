@@ -110,3 +110,18 @@ def test_endpoints_by_region_or_host(region, host, expected):
 def test_an_unknown_region_is_refused():
     with pytest.raises(ValueError, match="region"):
         endpoint_for(region="apac")
+
+
+def test_a_proxy_set_in_the_environment_carries_the_requests(receiver, monkeypatch):
+    # The receiver answers an absolute-URL request line as a forward proxy would pass it on.
+    monkeypatch.setenv("HTTP_PROXY", receiver.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    proxied = SegmentClient(
+        endpoint="http://segment.example.invalid/v1/batch", write_key=KEY, policy=RetryPolicy(max_attempts=1)
+    )
+    try:
+        proxied.send(body("through-proxy"))
+    finally:
+        proxied.close()
+    assert "through-proxy" in receiver.accepted_ids()
