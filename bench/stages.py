@@ -26,7 +26,17 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 MAPPING_FILE = ROOT / "include" / "segment_mapping.yaml"
 WRITE_KEY_ENV = "BENCH_WRITE_KEY"
-UPLOAD_CONCURRENCY = 4  # the project's default upload_concurrency
+
+
+def _config_default(key: str) -> Any:
+    from braze_currents.config import CurrentConfig
+
+    return {field.name: field.default for field in dataclasses.fields(CurrentConfig)}[key]
+
+
+# The project's defaults, as a Current without these keys gets them.
+UPLOAD_CONCURRENCY: int = _config_default("upload_concurrency")
+PREPARE_WORKERS: int = _config_default("prepare_workers")
 FOLDER = "bench/date=2026-12-01-04"
 
 
@@ -213,7 +223,11 @@ def official(window: Any, work: Path, endpoint: str) -> Measured:
 
 
 def end_to_end(window: Any, work: Path, endpoint: str) -> Measured:
-    """One window through the task code: prepare, upload each chunk, summarise; each task's peak RSS."""
+    """One window through the task code: prepare, upload each chunk, summarise; each task's peak RSS.
+
+    Prepare reads files in the project's default number of worker processes; their memory is in the
+    largest worker's peak RSS here, and in the process tree's peak that ``bench.run`` samples.
+    """
     import pandas  # noqa: F401
 
     from braze_currents.deadletters import to_ndjson
@@ -246,6 +260,7 @@ def end_to_end(window: Any, work: Path, endpoint: str) -> Measured:
             settings=_settings(),
             staging=staging,
             folder=FOLDER,
+            workers=PREPARE_WORKERS,
         )
         letters.put(f"{FOLDER}/prepare-dead-letters.ndjson", to_ndjson(result.dead_letters))
         chunks = [{**dataclasses.asdict(chunk), "label": chunk.label()} for chunk in result.chunks]
@@ -295,6 +310,8 @@ def end_to_end(window: Any, work: Path, endpoint: str) -> Measured:
     report = holder["report"]
     measured.extra = {
         "task_peak_rss_mb": {name: round(value, 1) for name, value in peaks.items()} if can_reset else {},
+        "prepare_workers": PREPARE_WORKERS,
+        "worker_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
         "sent": report["counts"]["sent"],
         "balanced": report["balanced"],
     }
