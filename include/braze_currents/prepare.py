@@ -8,6 +8,7 @@ size-safe batches and write them, a chunk at a time, to the staging location.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -378,12 +379,49 @@ def _start_worker(reader: _FileReader) -> None:
 
     global _WORKER_READER
     _WORKER_READER = reader
+    _die_with_parent()
     # The parent logs what a worker finds; two processes writing one task log could mix lines.
     logging.getLogger("braze_currents").setLevel(logging.CRITICAL)
     # A forked worker inherits the task's signal handlers (Airflow's among them); a worker told to
     # stop should just stop, and leave the task's own shutdown to the task.
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, signal.SIG_DFL)
+
+
+def _die_with_parent() -> None:
+    """Have the kernel stop this worker if the task's process dies (SIGKILL leaves no time to stop
+    the pool, and a worker waiting for its next file would wait forever). Linux only."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+@contextlib.contextmanager
+def _children_allowed() -> Iterator[None]:
+    """Let a daemonic process start the workers.
+
+    Celery runs Airflow tasks under daemonic pool processes, and multiprocessing refuses children to
+    a daemonic process because it could not wait for them at exit. Prepare always stops and waits for
+    its workers before it returns (and each dies with the task, see :func:`_die_with_parent`), so the
+    flag is lifted while the pool starts them.
+    """
+    import multiprocessing
+
+    config = multiprocessing.current_process()._config  # there is no public way to read or lift it
+    daemon = config.get("daemon")
+    config["daemon"] = False
+    try:
+        yield
+    finally:
+        if daemon is not None:
+            config["daemon"] = daemon
+        else:
+            config.pop("daemon", None)
 
 
 def _read_to_spool(key: str, event_type: str, source: str, spool: str) -> _FileOutcome:
@@ -590,7 +628,8 @@ def _prepare_in_workers(
                 handle.write(data)
             del data
             spool = os.path.join(spool_dir, f"{index:06d}.pieces")
-            future = pool.submit(_read_to_spool, listed.key, listed.event_type, source, spool)
+            with _children_allowed():  # the pool starts a worker on a submit, until it has them all
+                future = pool.submit(_read_to_spool, listed.key, listed.event_type, source, spool)
             ahead.append((listed, future))
             return True
 

@@ -214,3 +214,76 @@ def test_a_worker_that_dies_fails_the_task_saying_where_it_stopped_and_the_way_o
         _prepare(window, tmp_path / "staging", 2)
 
     assert list(spools.iterdir()) == []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def test_workers_start_under_a_daemonic_process_as_celery_runs_tasks(window, in_one_process, tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    done = context.Queue()
+
+    def task() -> None:  # forked, so a closure will do
+        result = _prepare(window, tmp_path / "staging", 2)
+        done.put((result.staged_events, len(multiprocessing.active_children())))
+
+    process = context.Process(target=task, daemon=True)
+    process.start()
+    staged, children_left = done.get(timeout=120)
+    process.join(timeout=60)
+
+    assert process.exitcode == 0
+    assert staged == in_one_process[0].staged_events
+    assert children_left == 0, "the workers are stopped before prepare returns"
+    assert _staged(tmp_path / "staging") == in_one_process[1]
+
+
+def test_workers_die_with_a_task_killed_mid_window(window, tmp_path):
+    import multiprocessing
+    import signal
+
+    pids_file = tmp_path / "workers.txt"
+    context = multiprocessing.get_context("fork")
+
+    def task() -> None:
+        fetched = []
+
+        def fetch(key: str) -> bytes:
+            fetched.append(key)
+            if len(fetched) == 4:  # the pool is up and busy: the task is killed here
+                pids = [child.pid for child in multiprocessing.active_children()]
+                pids_file.write_text(" ".join(map(str, pids)))
+                os.kill(os.getpid(), signal.SIGKILL)
+            return window.fetch(key)
+
+        prepare_window(
+            window.objects,
+            fetch,
+            mapping=load_mapping(ROOT / "include" / "segment_mapping.yaml"),
+            settings=PrepareSettings(event_types=frozenset({SEND, OPEN})),
+            staging=LocalStore(tmp_path / "staging"),
+            folder="w",
+            workers=2,
+        )
+
+    process = context.Process(target=task)
+    process.start()
+    process.join(timeout=120)
+    assert process.exitcode == -signal.SIGKILL
+    workers = [int(pid) for pid in pids_file.read_text().split()]
+    assert len(workers) == 2
+
+    # The kernel delivers the workers' death signal as their parent dies; wait for it to land.
+    import time
+
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in workers), "no worker outlives its task"
