@@ -574,10 +574,17 @@ def prepare_window(
                 merge_file(listed, None)
                 continue
             try:
-                outcome = reader.read(listed.key, listed.event_type, fetch(listed.key))
+                data = fetch(listed.key)
             except DecodeError as exc:  # fetch found the object gone
-                outcome = _FileOutcome(pieces=(), failed=str(exc))
-            merge_file(listed, outcome)
+                merge_file(listed, _FileOutcome(pieces=(), failed=str(exc)))
+                continue
+            # Decoded from a temporary file, as a worker does: the object's bytes wait in the page
+            # cache rather than in this process while its batches are decoded and mapped.
+            with tempfile.TemporaryFile() as handle:
+                handle.write(data)
+                del data
+                handle.seek(0)
+                merge_file(listed, reader.read(listed.key, listed.event_type, handle))
     else:
         _prepare_in_workers(objects, fetch, reader, min(workers, len(objects)), fresh, merge_file)
     writer.close()
