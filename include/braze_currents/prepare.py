@@ -3,6 +3,10 @@
 The steps, each counted: decode every object, filter with pandas (selected event types, events
 without an external user id, repeated ids), map each kept event to a ``track`` message, cut
 size-safe batches and write them, a chunk at a time, to the staging location.
+
+The first four steps need one file at a time and run in worker processes when asked
+(``prepare_window(workers=N)``); repeats across files, counting, batching and staging need the whole
+window in order and run in the calling process.
 """
 
 from __future__ import annotations
@@ -111,8 +115,8 @@ class _ChunkWriter:
     """Gather batches and their sources; write a chunk to staging once it holds enough events.
 
     Beside each chunk go ``.sources.json`` (the file and row of each event, for dead letters) and
-    ``.message-ids.jsonl`` (each batch's messageIds, one JSON list per body line, so an upload need not parse
-    the bodies again).
+    ``.message-ids.jsonl`` (each batch's messageIds, one JSON list per body line, so an upload need
+    not parse the bodies again).
     """
 
     def __init__(self, staging: Store, folder: str, settings: PrepareSettings, result: PrepareResult) -> None:
