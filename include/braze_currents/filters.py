@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,24 +40,16 @@ class EventFilters:
     def __bool__(self) -> bool:
         return bool(self.lists or self.query)
 
-    def apply(
+    def reasons(
         self, records: Sequence[Mapping[str, Any]], rows: Sequence[int], event_type: str
-    ) -> tuple[list[int], Counter]:
-        """Return the rows that pass, and the number held back by each filter.
+    ) -> list[str | None]:
+        """Return, per row, the first filter that holds it back (``filter_<field>`` or
+        ``filter_query``), or None when it passes.
 
         :param records: the batch's decoded records.
         :param rows: the rows to test (those otherwise sent), in order.
         :param event_type: the batch's event type (its schema names the query's columns).
         """
-        reasons = self.reasons(records, rows, event_type)
-        held = Counter(reason for reason in reasons if reason is not None)
-        return [row for row, reason in zip(rows, reasons, strict=True) if reason is None], held
-
-    def reasons(
-        self, records: Sequence[Mapping[str, Any]], rows: Sequence[int], event_type: str
-    ) -> list[str | None]:
-        """Return, per row, the first filter that holds it back (``filter_<field>`` or
-        ``filter_query``), or None when it passes. Arguments as for :meth:`apply`."""
         import numpy as np
         import pandas as pd
 

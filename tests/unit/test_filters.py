@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
-from braze_currents.filters import FilterError, check_filters
+from braze_currents.filters import EventFilters, FilterError, check_filters
 
 PUSH = "users.messages.pushnotification.Send"
 RECORDS = [
@@ -16,6 +18,13 @@ RECORDS = [
 ]
 
 
+def _apply(filters: EventFilters, rows: list[int]) -> tuple[list[int], Counter]:
+    """The rows that pass, and the number held back by each filter."""
+    reasons = filters.reasons(RECORDS, rows, PUSH)
+    kept = [row for row, reason in zip(rows, reasons, strict=True) if reason is None]
+    return kept, Counter(reason for reason in reasons if reason is not None)
+
+
 def test_lists_and_query_hold_back_events_and_count_each_filter():
     filters = check_filters(
         {
@@ -25,14 +34,14 @@ def test_lists_and_query_hold_back_events_and_count_each_filter():
         },
         "here",
     )
-    kept, dropped = filters.apply(RECORDS, [0, 1, 2, 3, 4], PUSH)
+    kept, dropped = _apply(filters, [0, 1, 2, 3, 4])
     assert kept == [0]
     assert dropped == {"filter_campaign_id": 1, "filter_canvas_id": 1, "filter_query": 2}
 
 
 def test_only_the_given_rows_are_tested_and_null_fields_pass_id_lists():
     filters = check_filters({"campaign_ids": {"deny": ["c3"]}}, "here")
-    kept, dropped = filters.apply(RECORDS, [1, 2, 3], PUSH)
+    kept, dropped = _apply(filters, [1, 2, 3])
     assert kept == [2, 3] and dropped == {"filter_campaign_id": 1}
 
 
