@@ -105,6 +105,7 @@ class PrepareResult:
     dropped: Counter = dataclasses.field(default_factory=Counter)
     staged_events: int = 0
     source_files: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    decoded_by: Counter = dataclasses.field(default_factory=Counter)
 
     @property
     def dead_lettered(self) -> int:
@@ -259,6 +260,7 @@ class _FileOutcome:
     failed: str | None = None
     truncated: str | None = None
     spool: str | None = None
+    decoder: str | None = None
 
 
 class _FileReader:
@@ -363,7 +365,7 @@ class _FileReader:
             batches = RecordBatches(data, key)
         except DecodeError as exc:
             return _FileOutcome(pieces=(), failed=str(exc))
-        outcome = _FileOutcome(pieces=())
+        outcome = _FileOutcome(pieces=(), decoder=batches.decoder)
 
         def pieces() -> Iterator[_Piece]:
             yield from self.pieces(batches, event_type)
@@ -439,7 +441,7 @@ def _read_to_spool(key: str, event_type: str, source: str, spool: str) -> _FileO
             return outcome
         for piece in outcome.pieces:
             pickle.dump(piece, out, protocol=pickle.HIGHEST_PROTOCOL)
-    return _FileOutcome(pieces=(), truncated=outcome.truncated, spool=spool)
+    return _FileOutcome(pieces=(), truncated=outcome.truncated, spool=spool, decoder=outcome.decoder)
 
 
 def _spooled(spool: str) -> Iterator[_Piece]:
@@ -510,6 +512,7 @@ def prepare_window(
             log.warning("Dead-lettered %s: %s", key, outcome.failed)
             source.update(dropped={}, dead_lettered=0, staged=0)
             return
+        result.decoded_by[outcome.decoder] += 1
         dropped_before, letters_before = Counter(result.dropped), len(result.dead_letters)
         pieces = _spooled(outcome.spool) if outcome.spool else outcome.pieces
         for piece in pieces:
@@ -592,6 +595,8 @@ def prepare_window(
     else:
         _prepare_in_workers(objects, fetch, reader, min(workers, len(objects)), fresh, merge_file)
     writer.close()
+    if result.decoded_by:
+        log.info("Decoded %s", ", ".join(f"{n} files with {name}" for name, n in result.decoded_by.items()))
     return result
 
 

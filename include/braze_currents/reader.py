@@ -1,4 +1,4 @@
-"""List a window's Currents objects in S3 and decode them with fastavro."""
+"""List a window's Currents objects in S3 and decode them (polars where it can, else fastavro)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any, BinaryIO
 
 import fastavro
 
+from braze_currents.blocks import POLARS_CODECS, BlockDecoder, FramingError, polars_usable
 from braze_currents.keys import KeyLayoutError, parse_key, partition_name
 
 log = logging.getLogger(__name__)
@@ -123,15 +124,28 @@ class RecordBatches:
     stops decoding part way (a truncated upload), iteration ends after the records decoded so far and
     ``error`` says why.
 
-    :param data: the whole object, or a binary file holding it (read as decoding goes, so only a
-        block of it is in memory at a time).
+    Records are decoded with polars where it can (see :mod:`braze_currents.blocks`), otherwise with
+    fastavro; the records, and where a file cut short stops, are the same either way.
+
+    .. note::
+        Inside a damaged data block the two can part: a union branch number out of range, an ``int``
+        over 32 bits or a boolean byte other than 0 and 1 stops fastavro (or, for the last two, is
+        read differently), while polars reads on. Files cut short, wrong sync markers and bytes after
+        the last block are read exactly as fastavro reads them.
+
+    :param data: the whole object, or a seekable binary file holding it (read as decoding goes, so
+        only a few blocks of it are in memory at a time).
     :param key: the object key, used in error messages.
-    :param batch_size: the most records in one batch.
+    :param batch_size: the most records in one batch; 2,000 decodes as fast as larger batches with
+        less memory per worker.
+    :param use_polars: decode with polars where it can; False decodes with fastavro alone.
     :raises DecodeError: when no record can be decoded: empty object, not Avro, or a schema without
         the fields every Currents type has.
     """
 
-    def __init__(self, data: bytes | BinaryIO, key: str, batch_size: int = 5000) -> None:
+    def __init__(
+        self, data: bytes | BinaryIO, key: str, batch_size: int = 2000, *, use_polars: bool = True
+    ) -> None:
         if isinstance(data, bytes | bytearray | memoryview):
             stream: BinaryIO = io.BytesIO(data)
         else:
@@ -153,15 +167,39 @@ class RecordBatches:
         self.batch_size = batch_size
         self.records_read = 0
         self.error: str | None = None
+        self.decoder = "fastavro"
+        self._blocks: BlockDecoder | None = None
+        if use_polars and self.codec in POLARS_CODECS and polars_usable():
+            try:
+                self._blocks = BlockDecoder(stream, batch_size)
+            except FramingError:
+                stream.seek(0)
+                reader = fastavro.reader(stream)
+            else:
+                self.decoder = "polars"
         self._records = iter(reader)
 
     def __iter__(self) -> Iterator[list[dict[str, Any]]]:
+        if self._blocks is not None:
+            yield from self._from_blocks(self._blocks)
+            return
         while self.error is None:
             batch = self._next_batch()
             if batch:
                 yield batch
             if len(batch) < self.batch_size:
                 return
+
+    def _from_blocks(self, blocks: BlockDecoder) -> Iterator[list[dict[str, Any]]]:
+        for batch in blocks:
+            self.records_read += len(batch)
+            yield batch
+        if blocks.error is not None:
+            self._stopped(blocks.error)
+
+    def _stopped(self, exc: BaseException) -> None:
+        self.error = f"stopped after {self.records_read} records: {type(exc).__name__}: {exc}"
+        log.warning("Decoding %s %s", self.key, self.error)
 
     def _next_batch(self) -> list[dict[str, Any]]:
         batch: list[dict[str, Any]] = []
@@ -172,10 +210,9 @@ class RecordBatches:
                 if len(batch) == self.batch_size:
                     break
         except Exception as exc:
-            self.error = (
-                f"stopped after {self.records_read + len(batch)} records: {type(exc).__name__}: {exc}"
-            )
-            log.warning("Decoding %s %s", self.key, self.error)
+            self.records_read += len(batch)
+            self._stopped(exc)
+            return batch
         self.records_read += len(batch)
         return batch
 
