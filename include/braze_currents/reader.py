@@ -11,7 +11,14 @@ from typing import Any, BinaryIO
 
 import fastavro
 
-from braze_currents.blocks import POLARS_CODECS, BlockDecoder, FramingError, polars_usable
+from braze_currents.blocks import (
+    POLARS_CODECS,
+    BlockDecoder,
+    FramingError,
+    as_records,
+    plain_schema,
+    polars_usable,
+)
 from braze_currents.keys import KeyLayoutError, parse_key, partition_name
 
 log = logging.getLogger(__name__)
@@ -169,9 +176,9 @@ class RecordBatches:
         self.error: str | None = None
         self.decoder = "fastavro"
         self._blocks: BlockDecoder | None = None
-        if use_polars and self.codec in POLARS_CODECS and polars_usable():
+        if use_polars and self.codec in POLARS_CODECS and plain_schema(schema) and polars_usable():
             try:
-                self._blocks = BlockDecoder(stream, batch_size)
+                self._blocks = BlockDecoder(stream, batch_size, codec=self.codec, fields=len(names))
             except FramingError:
                 stream.seek(0)
                 reader = fastavro.reader(stream)
@@ -180,8 +187,18 @@ class RecordBatches:
         self._records = iter(reader)
 
     def __iter__(self) -> Iterator[list[dict[str, Any]]]:
+        for batch in self.batches():
+            yield as_records(batch)
+
+    def batches(self) -> Iterator[Any]:
+        """Yield each batch as it was decoded: a polars DataFrame, or a list of record dicts (where
+        fastavro read it); :func:`braze_currents.blocks.as_records` turns either into dicts."""
         if self._blocks is not None:
-            yield from self._from_blocks(self._blocks)
+            for batch in self._blocks:
+                self.records_read += len(batch)
+                yield batch
+            if self._blocks.error is not None:
+                self._stopped(self._blocks.error)
             return
         while self.error is None:
             batch = self._next_batch()
@@ -189,13 +206,6 @@ class RecordBatches:
                 yield batch
             if len(batch) < self.batch_size:
                 return
-
-    def _from_blocks(self, blocks: BlockDecoder) -> Iterator[list[dict[str, Any]]]:
-        for batch in blocks:
-            self.records_read += len(batch)
-            yield batch
-        if blocks.error is not None:
-            self._stopped(blocks.error)
 
     def _stopped(self, exc: BaseException) -> None:
         self.error = f"stopped after {self.records_read} records: {type(exc).__name__}: {exc}"

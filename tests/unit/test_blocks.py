@@ -12,12 +12,15 @@ import random
 import subprocess
 import sys
 import textwrap
+import zlib
 from datetime import UTC, datetime
 from typing import Any
 
+import cramjam
 import pytest
 
 import braze_currents.blocks as blocks
+from braze_currents.catalog import field_lists
 from braze_currents.generator import avro_schema, encode_avro, generate_records
 from braze_currents.reader import DecodeError, RecordBatches
 from tests.helpers import ROOT
@@ -63,7 +66,8 @@ def test_every_braze_sample_file_decodes_to_the_same_records(samples_dir):
         batches = RecordBatches(data, path.name)
         records = [record for batch in batches for record in batch]
         reference = [record for batch in RecordBatches(data, path.name, use_polars=False) for record in batch]
-        assert batches.decoder == "polars", path.name
+        if path.stem in field_lists():  # the types the export sends use only what polars reads alike
+            assert batches.decoder == "polars", path.name
         assert records == reference, path.name
         assert [list(record) for record in records] == [list(record) for record in reference], "field order"
 
@@ -229,3 +233,111 @@ def test_workers_decode_with_polars_and_the_task_process_never_loads_it(tmp_path
         """
     )
     assert out == "{'polars': 3} False True"
+
+
+def _long(value: int) -> bytes:
+    """An Avro long, zigzag and varint encoded."""
+    number, out = (value << 1) ^ (value >> 63), bytearray()
+    while number > 0x7F:
+        out.append(number & 0x7F | 0x80)
+        number >>= 7
+    out.append(number)
+    return bytes(out)
+
+
+def _with_blocks(data: bytes, *blocks_: tuple[int, bytes], at: int) -> bytes:
+    """``data`` with raw blocks (count, payload) put in before its block number ``at``."""
+    stream = io.BytesIO(data)
+    header, sync = blocks.read_header(stream)
+    starts = [len(header)]
+    while starts[-1] < len(data):
+        stream.seek(starts[-1])
+        blocks._read_long(stream)
+        stream.seek(blocks._read_long(stream) + 16, io.SEEK_CUR)
+        starts.append(stream.tell())
+    extra = b"".join(_long(count) + _long(len(payload)) + payload + sync for count, payload in blocks_)
+    return data[: starts[at]] + extra + data[starts[at] :]
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    compressor = zlib.compressobj(wbits=-15)
+    return compressor.compress(data) + compressor.flush()
+
+
+# An empty block as each codec writes it (snappy: the compressed bytes, then the CRC-32 of the input).
+_EMPTY_PAYLOAD = {
+    "null": lambda: b"",
+    "deflate": lambda: _raw_deflate(b""),
+    "snappy": lambda: bytes(cramjam.snappy.compress_raw(b"")) + zlib.crc32(b"").to_bytes(4, "big"),
+}
+
+
+@pytest.mark.parametrize("at", [0, 1, 3])
+@pytest.mark.parametrize("codec", ["null", "deflate", "snappy"])
+def test_an_empty_block_loses_no_record_after_it(files, at, codec):
+    records = generate_records("users.canvas.Entry", 1200, hour=HOUR, rng=random.Random(at))
+    data = encode_avro(records, avro_schema("users.canvas.Entry"), codec=codec, block_size=250)
+    data = _with_blocks(data, (0, _EMPTY_PAYLOAD[codec]()), at=at)
+
+    by_polars, by_fastavro = _both(data)
+
+    assert by_polars == by_fastavro
+    assert len(by_polars[1]) == 1200 and by_polars[2] is None
+
+
+@pytest.mark.parametrize(
+    ("count", "payload"),
+    [
+        (2**50, b"x" * 40),  # polars would allocate its columns for this count and abort the process
+        (10**7, b"x" * 40),
+        (-1, b""),
+        (0, b"not deflate at all"),
+    ],
+    ids=["count 2**50", "count 10**7", "negative count", "empty block with a bad payload"],
+)
+def test_implausible_blocks_are_read_as_fastavro_reads_them(files, count, payload):
+    data = files["users.messages.email.Open"]
+    for codec_data in (data, _deflated(data)):
+        damaged = _with_blocks(codec_data, (count, payload), at=2)
+        by_polars, by_fastavro = _both(damaged)
+        assert by_polars == by_fastavro
+
+
+def _deflated(data: bytes) -> bytes:
+    records = [record for batch in RecordBatches(data, "k", use_polars=False) for record in batch]
+    return encode_avro(records, avro_schema("users.messages.email.Open"), codec="deflate", block_size=250)
+
+
+def test_a_block_size_past_the_end_of_the_data_stops_as_fastavro_stops(files):
+    data = files["users.messages.sms.Delivery"]
+    for size in (2**31, 2**62, 2**63 - 1):
+        stream = io.BytesIO(data)
+        header, _ = blocks.read_header(stream)
+        damaged = data + _long(1) + _long(size) + b"tail"
+        by_polars, by_fastavro = _both(damaged)
+        assert by_polars == by_fastavro
+        assert len(by_polars[1]) == 1800 and by_polars[2] is not None
+        assert len(header) < len(data)
+
+
+def test_schemas_with_logical_types_or_other_types_are_read_by_fastavro():
+    for extra in ({"type": "string", "logicalType": "uuid"}, "double", {"type": "map", "values": "string"}):
+        fields = [
+            {"name": "id", "type": "string"},
+            {"name": "time", "type": "long"},
+            {"name": "x", "type": extra},
+        ]
+        schema = {"type": "record", "name": "r", "fields": fields}
+        assert not blocks.plain_schema(schema)
+    assert all(blocks.plain_schema(avro_schema(event_type)) for event_type in field_lists())
+    fields = [
+        {"name": "id", "type": "string"},
+        {"name": "time", "type": {"type": "string", "logicalType": "uuid"}},
+    ]
+    data = encode_avro(
+        [{"id": "a", "time": "00000000-0000-0000-0000-000000000005"}], {**SCHEMA_R, "fields": fields}
+    )
+    assert RecordBatches(data, "k").decoder == "fastavro"
+
+
+SCHEMA_R = {"type": "record", "name": "r"}
