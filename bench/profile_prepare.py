@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 STEPS = (
-    "decode (fastavro)",
+    "decode (polars, fastavro)",
     "filter (pandas)",
     "map (build message)",
     "serialise (orjson)",
@@ -29,7 +29,9 @@ STEPS = (
 def _step(frame: Any) -> str | None:
     path = (frame.file_path or "").replace("\\", "/")
     function = frame.function or ""
-    if "/fastavro/" in path or path.endswith("braze_currents/reader.py"):
+    if any(part in path for part in ("/fastavro/", "/polars/")) or path.endswith(
+        ("braze_currents/reader.py", "braze_currents/blocks.py")
+    ):
         return STEPS[0]
     if any(part in path for part in ("/pandas/", "/numpy/", "/pyarrow/")) or path.endswith("filtering.py"):
         return STEPS[1]

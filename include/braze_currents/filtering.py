@@ -132,7 +132,8 @@ def select_rows(
     earlier row (of this batch or an earlier one) is ``DUPLICATE``; one whose messageId the ledger
     holds is ``ALREADY_SENT``, and its id still counts as taken.
 
-    :param records: the decoded records of one batch.
+    :param records: the decoded records of one batch (a list, or a polars batch as
+        :class:`braze_currents.blocks.FrameRecords`).
     :param seen: the ids taken so far in the window; updated.
     :param already_sent: messageIds the ledger records as delivered.
     :param message_id_prefix: put before each id to form its messageId.
@@ -142,14 +143,16 @@ def select_rows(
     import numpy as np
     import pandas as pd
 
-    id_values = [record.get("id") for record in records]
+    from braze_currents.blocks import column
+
+    id_values = column(records, "id")
     ids = pd.Series(id_values, dtype=object)
     # dtype "str": a missing value is NaN, not None, so blanks and missing are both tested explicitly.
-    external = pd.Series([record.get("external_user_id") for record in records], dtype="str").str.strip()
+    external = pd.Series(column(records, "external_user_id"), dtype="str").str.strip()
     has_id = np.fromiter((type(value) is str and value != "" for value in id_values), bool, len(id_values))
     has_external = (external.notna() & external.str.strip(INVISIBLE).ne("")).to_numpy(dtype=bool)
     if anonymous:
-        braze_ids = pd.Series([record.get("user_id") for record in records], dtype="str").str.strip()
+        braze_ids = pd.Series(column(records, "user_id"), dtype="str").str.strip()
         visible = braze_ids.notna() & braze_ids.str.strip(INVISIBLE).ne("")
         has_external = has_external | visible.to_numpy(dtype=bool)
 
@@ -167,7 +170,7 @@ def select_rows(
     fresh = first[~earlier]
     if already_sent:
         delivered = np.fromiter(
-            (message_id_prefix + records[row]["id"] in already_sent for row in fresh.tolist()),
+            (message_id_prefix + id_values[row] in already_sent for row in fresh.tolist()),
             dtype=bool,
             count=len(fresh),
         )

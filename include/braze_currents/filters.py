@@ -53,10 +53,12 @@ class EventFilters:
         import numpy as np
         import pandas as pd
 
+        from braze_currents.blocks import column
+
         held: list[str | None] = [None] * len(rows)
         keep = np.ones(len(rows), dtype=bool)
         for rule in self.lists:
-            values = pd.Series([records[row].get(rule.field) for row in rows], dtype=object)
+            values = pd.Series(_take(column(records, rule.field), rows), dtype=object)
             present = values.notna().to_numpy()
             text = values.astype(str)
             bad = np.zeros(len(rows), dtype=bool)
@@ -70,8 +72,9 @@ class EventFilters:
         if self.query and keep.any():
             kept_rows = [row for row, ok in zip(rows, keep, strict=True) if ok]
             columns = _columns(event_type)
+            values = {name: column(records, name) for name in columns}
             frame = pd.DataFrame.from_records(
-                [{name: records[row].get(name) for name in columns} for row in kept_rows], columns=columns
+                [{name: values[name][row] for name in columns} for row in kept_rows], columns=columns
             )
             try:
                 passed = frame.eval(self.query, engine="python")
@@ -82,6 +85,10 @@ class EventFilters:
             for position in positions[~passed].tolist():
                 held[position] = "filter_query"
         return held
+
+
+def _take(values: Sequence[Any], rows: Sequence[int]) -> list[Any]:
+    return [values[row] for row in rows]
 
 
 @functools.cache

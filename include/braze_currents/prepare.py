@@ -28,6 +28,8 @@ from typing import Any, BinaryIO
 import orjson
 
 from braze_currents.batching import MAX_EVENT_BYTES, BatchBuilder
+from braze_currents.blocks import FrameRecords, as_records
+from braze_currents.columnar import ColumnarBuilder
 from braze_currents.deadletters import DeadLetter
 from braze_currents.filtering import (
     ALREADY_SENT,
@@ -282,15 +284,20 @@ class _FileReader:
         key, settings = batches.key, self.settings
         selected = event_type in settings.event_types
         if selected:
+            spec = self.mapping.spec(event_type)
             build = MessageBuilder(
-                self.mapping.spec(event_type),
-                message_id_prefix=settings.message_id_prefix,
-                integration=self.integration,
+                spec, message_id_prefix=settings.message_id_prefix, integration=self.integration
             ).build
+            at_once = ColumnarBuilder(
+                spec, message_id_prefix=settings.message_id_prefix, integration=self.integration
+            )
         dumps = orjson.dumps
         seen = SeenIds()  # this file's ids; the merge checks them against the window's
         first_row = 0
-        for records in batches:
+        for batch in batches.batches():
+            # A polars batch is read column by column where it can; its records become dicts only for
+            # messages the columnar builder leaves to the per-event loop.
+            records = batch if isinstance(batch, list) else FrameRecords(batch)
             piece = _Piece(read=len(records), first_row=first_row)
             first_row += len(records)
             if not selected:
@@ -322,6 +329,17 @@ class _FileReader:
                         piece.held.append(reason)
                 send = [row for row, reason in zip(send, reasons, strict=True) if reason is None]
             user_ids = selection.user_ids
+            if isinstance(records, FrameRecords) and send:
+                serialised = self._at_once(at_once, records, send, user_ids)
+                if serialised is not None:
+                    piece.blob, piece.lengths = serialised
+                    ids = records.column("id")
+                    piece.message_ids = [settings.message_id_prefix + ids[row] for row in send]
+                    piece.rows = np.asarray(send, dtype=np.int64) + piece.first_row
+                    piece.fates = fates
+                    yield piece
+                    continue
+                records = as_records(records)
             blob = bytearray()
             lengths: list[int] = []
             rows: list[int] = []
@@ -358,6 +376,24 @@ class _FileReader:
             piece.lengths = np.array(lengths, dtype=np.int64)
             piece.rows = np.array(rows, dtype=np.int64)
             yield piece
+
+    @staticmethod
+    def _at_once(
+        builder: ColumnarBuilder, records: FrameRecords, send: list[int], user_ids: list[Any]
+    ) -> tuple[bytes, Any] | None:
+        """Serialise the rows to send with polars expressions; None leaves them to the per-event loop."""
+        identities, anonymous = [], []
+        braze_ids = None
+        for row in send:
+            user_id = user_ids[row]
+            if type(user_id) is str and user_id:
+                identities.append(user_id)
+                anonymous.append(False)
+            else:  # only with anonymous: no external id, a Braze user id
+                braze_ids = braze_ids or records.column("user_id")
+                identities.append(str(braze_ids[row]).strip())
+                anonymous.append(True)
+        return builder.serialise(records.frame, send, identities, anonymous)
 
     def read(self, key: str, event_type: str, data: bytes | BinaryIO) -> _FileOutcome:
         """Read one object; its pieces are produced as they are iterated."""
