@@ -154,6 +154,7 @@ class _ChunkWriter:
         import numpy as np
 
         ends = np.cumsum(np.asarray(lengths, dtype=np.int64) + 1).tolist()
+        joined = memoryview(joined)  # slices of it are views: each message is copied once, into a body
         start = 0
         while start < len(lengths):
             end = start + min(len(lengths) - start, self.settings.chunk_events - self.events)
@@ -598,11 +599,18 @@ def prepare_window(
         keep = ~earlier[fates == _FATE_SEND]
         blob, lengths, message_ids, rows = piece.blob, piece.lengths, piece.message_ids, piece.rows
         if not keep.all():
-            ends = np.cumsum(lengths + 1).tolist()
-            chosen = np.flatnonzero(keep).tolist()
-            blob = b"".join(blob[(ends[index - 1] if index else 0) : ends[index]] for index in chosen)
+            # The kept messages stand in runs between the repeats: copy a run at a time.
+            ends = np.cumsum(lengths + 1)
+            chosen = np.flatnonzero(keep)
+            cuts = np.flatnonzero(np.diff(chosen) != 1) + 1
+            firsts, lasts = chosen[np.r_[0, cuts]], chosen[np.r_[cuts - 1, len(chosen) - 1]]
+            view = memoryview(blob)
+            blob = b"".join(
+                view[int(ends[first] - lengths[first] - 1) : int(ends[last])]
+                for first, last in zip(firsts.tolist(), lasts.tolist(), strict=True)
+            )
             lengths, rows = lengths[keep], rows[keep]
-            message_ids = [message_ids[index] for index in chosen]
+            message_ids = [message_ids[index] for index in chosen.tolist()]
         writer.add_joined(blob, lengths, message_ids, key, rows, event_type)
 
     def fresh(listed: ListedObject) -> bool:
@@ -681,7 +689,13 @@ def _prepare_in_workers(
             del data
             spool = os.path.join(spool_dir, f"{index:06d}.pieces")
             with _children_allowed():  # the pool starts a worker on a submit, until it has them all
-                future = pool.submit(_read_to_spool, listed.key, listed.event_type, source, spool)
+                try:
+                    future = pool.submit(_read_to_spool, listed.key, listed.event_type, source, spool)
+                except BrokenProcessPool as exc:  # a worker died since the last submit: hand no more over
+                    future = Future()
+                    future.set_exception(exc)
+                    ahead.append((listed, future))
+                    return False
             ahead.append((listed, future))
             return True
 

@@ -219,6 +219,34 @@ def test_a_worker_that_dies_fails_the_task_saying_where_it_stopped_and_the_way_o
     assert list(spools.iterdir()) == []
 
 
+def test_a_worker_that_dies_before_the_next_file_is_handed_over_fails_the_task_alike(
+    window, tmp_path, monkeypatch
+):
+    """The pool can break between two submits, so that handing over the next file raises at once."""
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    submitted = []
+    submit = ProcessPoolExecutor.submit
+
+    def breaks_on_the_third(self: Any, *args: Any, **kwargs: Any) -> Any:
+        submitted.append(args[1])
+        if len(submitted) == 3:
+            raise BrokenProcessPool("A child process terminated abruptly")
+        return submit(self, *args, **kwargs)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", breaks_on_the_third)
+    spools = tmp_path / "tmp"
+    spools.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spools))
+
+    with pytest.raises(RuntimeError, match=r"worker process died .* before currents/.*prepare_workers: 1"):
+        _prepare(window, tmp_path / "staging", 2)
+
+    assert len(submitted) == 3, "no file is handed over once the pool is broken"
+    assert list(spools.iterdir()) == []
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
