@@ -26,6 +26,10 @@ import orjson
 from braze_currents.batching import MAX_EVENT_BYTES
 from braze_currents.mapping import _FIRST_SECOND, _LAST_SECOND, MAX_MESSAGE_ID_LENGTH, EventSpec
 
+# The batch's identity columns: names no Avro field can have, so they never hide one.
+_IDENTITY = "identity-"
+_ANONYMOUS = "anonymous-"
+
 
 @functools.cache
 def _plain_types() -> tuple[Any, ...]:
@@ -84,6 +88,7 @@ class ColumnarBuilder:
         """
         import numpy as np
         import polars as pl
+        from polars.exceptions import PanicException
 
         if self.tree is None:
             return None
@@ -92,18 +97,24 @@ class ColumnarBuilder:
             return None
         chosen = frame[np.asarray(rows, dtype=np.int64)] if len(rows) != frame.height else frame
         chosen = chosen.with_columns(
-            pl.Series("__identity", list(identities), dtype=pl.String),
-            pl.Series("__anonymous", list(anonymous), dtype=pl.Boolean),
+            pl.Series(_IDENTITY, list(identities), dtype=pl.String),
+            pl.Series(_ANONYMOUS, list(anonymous), dtype=pl.Boolean),
         )
         checks, message = plan
-        if not chosen.select(checks).item():
+        try:
+            if not chosen.select(checks).item():
+                return None
+            return _joined(chosen.select(message.alias("m")).to_series())
+        except (Exception, PanicException):  # whatever polars cannot do, the per-event loop does
             return None
-        return _joined(chosen.select(message.alias("m")).to_series())
 
     def _plan(self, schema: Any) -> tuple[Any, Any] | None:
         key = tuple(schema.items())
         if key not in self._plans:
-            self._plans[key] = self._compile(dict(schema))
+            try:
+                self._plans[key] = self._compile(dict(schema))
+            except (TypeError, ValueError, OverflowError, orjson.JSONEncodeError):
+                self._plans[key] = None  # a constant orjson cannot write: each event dead-letters alone
         return self._plans[key]
 
     def _compile(self, schema: dict[str, Any]) -> tuple[Any, Any] | None:
@@ -113,6 +124,8 @@ class ColumnarBuilder:
         spec = self.spec
         if "id" not in schema or schema["id"] != pl.String or "time" not in schema:
             return None
+        if _IDENTITY in schema or _ANONYMOUS in schema:
+            return None
         if schema["time"] not in (pl.Int32, pl.Int64) or schema.get("time_ms", pl.Int64) not in (
             pl.Int32,
             pl.Int64,
@@ -121,6 +134,11 @@ class ColumnarBuilder:
         properties = [name for name in schema if name not in spec.skip]
         names = [spec.rename.get(name, name) for name in properties]
         if len(set(names)) != len(names) or set(names) & set(spec.constants):
+            return None
+        # polars would write a lone surrogate as U+FFFD where orjson refuses it (the event then
+        # becomes a dead letter): such text in the mapping goes event by event.
+        texts = [self.prefix, spec.event, *names, *_keys(self.tree), *self.integration.values()]
+        if not all(_utf8(text) for text in texts):
             return None
         moved = _leaves(self.tree)
         if any(schema.get(field, pl.Null) not in _plain_types() for field in [*properties, *moved]):
@@ -182,13 +200,13 @@ class ColumnarBuilder:
             + fraction.cast(pl.String).str.zfill(3)
             + pl.lit("Z")
         )
-        identity = pl.when(pl.col("__anonymous")).then(pl.lit('"anonymousId":'))
+        identity = pl.when(pl.col(_ANONYMOUS)).then(pl.lit('"anonymousId":'))
         identity = identity.otherwise(pl.lit('"userId":'))
         message = pl.concat_str(
             [
                 pl.lit('{"type":"track",'),
                 identity,
-                pair(pl.col("__identity"), "v").str.strip_prefix('"v":'),
+                pair(pl.col(_IDENTITY), "v").str.strip_prefix('"v":'),
                 pl.lit(',"event":' + orjson.dumps(spec.event).decode() + ',"messageId":'),
                 pair(message_id, "v").str.strip_prefix('"v":'),
                 pl.lit(',"timestamp":"'),
@@ -221,6 +239,23 @@ def _joined(messages: Any) -> tuple[bytes, Any] | None:
     if len(lengths) and int(lengths.max()) > MAX_EVENT_BYTES:
         return None
     return data.slice(int(ends[0]), int(ends[-1] - ends[0])).to_pybytes(), lengths
+
+
+def _utf8(text: Any) -> bool:
+    try:
+        str(text).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _keys(tree: Mapping[str, Any] | None) -> list[str]:
+    out: list[str] = []
+    for key, child in (tree or {}).items():
+        out.append(key)
+        if not isinstance(child, str):
+            out.extend(_keys(child))
+    return out
 
 
 def _leaves(tree: Mapping[str, Any] | None) -> list[str]:

@@ -597,6 +597,8 @@ def prepare_window(
         if not len(piece.lengths):
             return
         keep = ~earlier[fates == _FATE_SEND]
+        if not keep.any():  # every message repeats an earlier file's
+            return
         blob, lengths, message_ids, rows = piece.blob, piece.lengths, piece.message_ids, piece.rows
         if not keep.all():
             # The kept messages stand in runs between the repeats: copy a run at a time.

@@ -281,3 +281,93 @@ def test_prepare_stages_the_same_bytes_with_the_columnar_builder_as_without(anon
     assert any(calls) and not all(calls), "most batches go at once, those with a dead letter do not"
     assert at_once.dead_lettered == 4 and at_once.dropped["filter_campaign_id"] == 4
     assert at_once.dropped["already_sent"] == 1
+
+
+def test_fields_named_like_the_builders_own_columns_keep_their_values():
+    event_type = "users.messages.email.Open"
+    extra = [
+        {"name": name, "type": ["null", "string"], "default": None} for name in ("__identity", "__anonymous")
+    ]
+    schema = {**avro_schema(event_type), "fields": [*avro_schema(event_type)["fields"], *extra]}
+    records = generate_records(event_type, 6, hour=HOUR, rng=random.Random(7), null_external_ratio=0)
+    for record in records:
+        record.update(__identity="own value", __anonymous="x")
+    frame = pl.read_avro(io.BytesIO(encode_avro(records, schema)))
+    got = _at_once(MAPPING.spec(event_type), frame, list(range(6)))
+    assert got is not None and got[0] == _per_event(
+        MAPPING.spec(event_type), frame.to_dicts(), list(range(6))
+    )
+    assert got[0].count(b'"__identity":"own value"') == 6
+
+
+@pytest.mark.parametrize(
+    ("overrides", "prefix"),
+    [
+        ({"all": {"properties": {"big": 2**64}}}, ""),  # orjson cannot write it
+        ({"all": {"properties": {"deep": {1: "non-string key"}}}}, ""),
+        ({"users.messages.email.Open": {"event": "Opened \ud800"}}, ""),  # a lone surrogate
+        ({"all": {"rename": {"campaign_id": "camp\udfff"}}}, ""),
+        ({}, "p\ud800-"),
+    ],
+    ids=[
+        "int over 64 bits",
+        "non-string key",
+        "surrogate in event",
+        "surrogate in rename",
+        "surrogate prefix",
+    ],
+)
+def test_a_mapping_orjson_cannot_write_is_declined_and_dead_letters_alike(
+    overrides, prefix, tmp_path, monkeypatch
+):
+    event_type = "users.messages.email.Open"
+    mapping = apply_overrides(MAPPING, check_overrides(overrides, "test")) if overrides else MAPPING
+    records = generate_records(event_type, 30, hour=HOUR, rng=random.Random(8), null_external_ratio=0)
+    frame = _frame(records, event_type)
+    assert _at_once(mapping.spec(event_type), frame, list(range(30)), prefix=prefix) is None
+
+    key = build_key(prefix=PREFIX, integration_id="d" * 24, event_type=event_type, hour=HOUR, offset=1)
+    data = {key: encode_avro(records, avro_schema(event_type))}
+    settings = PrepareSettings(event_types=frozenset({event_type}), message_id_prefix=prefix)
+    listed = [ListedObject(key, len(data[key]), "e", event_type)]
+
+    def run(folder: str) -> Any:
+        return prepare_window(
+            listed,
+            data.__getitem__,
+            mapping=mapping,
+            settings=settings,
+            staging=LocalStore(tmp_path / folder),
+            folder="w",
+        )
+
+    result = run("at-once")
+    monkeypatch.setattr(columnar.ColumnarBuilder, "serialise", lambda self, *args: None)
+    per_event = run("per-event")
+
+    assert _staged_digest(tmp_path / "at-once") == _staged_digest(tmp_path / "per-event")
+    assert result.dead_lettered == per_event.dead_lettered > 0
+    assert result.dead_lettered + result.staged_events == 30
+    assert {letter.reason for letter in result.dead_letters} == {"unmappable_event"}
+
+
+def test_a_file_that_only_repeats_an_earlier_file_stages_nothing_more(tmp_path):
+    event_type = "users.messages.email.Open"
+    records = generate_records(event_type, 50, hour=HOUR, rng=random.Random(9), null_external_ratio=0)
+    data, listed = {}, []
+    for offset in (1, 2):
+        key = build_key(
+            prefix=PREFIX, integration_id="e" * 24, event_type=event_type, hour=HOUR, offset=offset
+        )
+        data[key] = encode_avro(records, avro_schema(event_type))
+        listed.append(ListedObject(key, len(data[key]), f"e{offset}", event_type))
+    result = prepare_window(
+        listed,
+        data.__getitem__,
+        mapping=MAPPING,
+        settings=PrepareSettings(event_types=frozenset({event_type})),
+        staging=LocalStore(tmp_path),
+        folder="w",
+    )
+    assert result.staged_events == result.dropped["duplicate_id"] > 40
+    assert [source["staged"] for source in result.source_files] == [result.staged_events, 0]
