@@ -18,7 +18,7 @@ from typing import Any
 STEPS = (
     "decode (polars, fastavro)",
     "filter (pandas)",
-    "map (build message)",
+    "map (build message; columnar: serialise too)",
     "serialise (orjson)",
     "batch and chunk bookkeeping",
     "write staged chunks",
@@ -29,10 +29,12 @@ STEPS = (
 def _step(frame: Any) -> str | None:
     path = (frame.file_path or "").replace("\\", "/")
     function = frame.function or ""
-    if any(part in path for part in ("/fastavro/", "/polars/")) or path.endswith(
-        ("braze_currents/reader.py", "braze_currents/blocks.py")
-    ):
+    if "/polars/" in path:
+        return None  # polars decodes for blocks.py and serialises for columnar.py: its caller's step
+    if "/fastavro/" in path or path.endswith(("braze_currents/reader.py", "braze_currents/blocks.py")):
         return STEPS[0]
+    if path.endswith("braze_currents/columnar.py"):
+        return STEPS[2]
     if any(part in path for part in ("/pandas/", "/numpy/", "/pyarrow/")) or path.endswith("filtering.py"):
         return STEPS[1]
     if function == "_frame_filter":

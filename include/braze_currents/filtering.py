@@ -68,15 +68,18 @@ class SeenIds:
         """:meth:`add` for ids already hashed with :meth:`hashes` (say, in another process)."""
         import numpy as np
 
-        seen = np.zeros(len(high), dtype=bool)
+        # Looked up in sorted order: each run is then read front to back rather than at random.
+        order = np.argsort(high, kind="stable")
+        high, low = high[order], low[order]
+        found = np.zeros(len(high), dtype=bool)
         for run_high, run_low in self._runs:
             at = np.minimum(np.searchsorted(run_high, high), len(run_high) - 1)
-            seen |= (run_high[at] == high) & (run_low[at] == low)
-        fresh = ~seen
-        if fresh.any():
-            order = np.argsort(high[fresh], kind="stable")
-            self._runs.append((high[fresh][order], low[fresh][order]))
+            found |= (run_high[at] == high) & (run_low[at] == low)
+        if not found.all():
+            self._runs.append((high[~found], low[~found]))
             self._merge()
+        seen = np.empty(len(high), dtype=bool)
+        seen[order] = found
         return seen
 
     def _merge(self) -> None:
