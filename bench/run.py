@@ -358,9 +358,19 @@ def plot(by_size: dict[str, dict[str, Any]], path: Path) -> None:
             sizes, [run["stages"][stage]["peak_rss_mb"] for run in runs], marker="o", label=LABELS[stage]
         )
     times.set(xscale="log", yscale="log", xlabel="events in the window", ylabel="seconds", title="Time")
+    # End to end's own process is only the task's; its workers count in the tree's PSS.
+    memory.plot(
+        sizes,
+        [run["stages"]["end_to_end"].get("tree_peak_pss_mb", 0) for run in by_size.values()],
+        marker="o",
+        linestyle="--",
+        color=memory.get_lines()[STAGES.index("end_to_end")].get_color(),
+        label="End to end, process tree (PSS)",
+    )
     memory.set(
         xscale="log", yscale="log", xlabel="events in the window", ylabel="peak RSS (MB)", title="Peak memory"
     )
+    memory.legend(fontsize=8)
     memory.axhline(400, color="grey", linestyle="--", linewidth=1)
     times.legend(fontsize=8)
     for axes in (times, memory):
