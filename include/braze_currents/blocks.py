@@ -1,20 +1,25 @@
 """Decode the data blocks of an Avro object container file with polars, fastavro answering for the rest.
 
 fastavro builds a Python dict per record as it parses; polars (Rust) parses a run of blocks into
-columns in a fraction of that time, and handing the columns back as dicts still costs less than half
+columns in a fraction of that time, and even handing the columns back as dicts costs less than half
 of fastavro's decode. The records and their order are the same; fastavro stays the reference:
 
 - the container's framing (header, block counts and sizes, sync markers) is read here, block by block,
   without decoding any record;
 - a run of whole blocks goes to polars as a small container of its own (the file's header and those
-  blocks, byte for byte);
+  blocks, byte for byte), and comes back as a polars DataFrame;
+- a block polars must not be given goes to fastavro alone, and the walk goes on after it: one of no
+  records (polars stops there) or of more records than its bytes could hold (polars would size its
+  columns by that count);
 - a run polars refuses, a block cut short or followed by a wrong sync marker, and everything after
   it, go to fastavro record by record, so a file cut short yields exactly the records fastavro yields
   and stops where fastavro stops, with fastavro's error. (Damage inside a block that leaves its
   framing whole can be read differently: see the note on :class:`braze_currents.reader.RecordBatches`.)
 
-polars marks ``read_avro`` unstable: the version is pinned, and ``tests/unit/test_blocks.py`` checks it
-against fastavro on Braze's sample files, every codec and damaged files.
+Files in other codecs, or with a schema outside what Currents uses (:func:`plain_schema`), are read
+by fastavro whole; :class:`braze_currents.reader.RecordBatches` decides. polars marks ``read_avro``
+unstable: the version is pinned, and ``tests/unit/test_blocks.py`` checks it against fastavro on
+Braze's sample files, every codec and damaged files.
 """
 
 from __future__ import annotations
@@ -185,8 +190,10 @@ class BlockDecoder:
     """Yield the records of a container file in order, in batches of at most ``batch_size``.
 
     :param stream: the whole object, seekable, its header already accepted by fastavro.
-    :param batch_size: the most records in one list; runs of blocks of about this many records are
+    :param batch_size: the most records in one batch; runs of blocks of about this many records are
         decoded at once.
+    :param codec: the file's codec, one of :data:`POLARS_CODECS`.
+    :param fields: the writer schema's field count (each takes a byte or more of a record).
     """
 
     def __init__(self, stream: BinaryIO, batch_size: int, *, codec: str, fields: int) -> None:
@@ -196,9 +203,8 @@ class BlockDecoder:
         self.fields = max(fields, 1)
         self.size = stream.seek(0, io.SEEK_END)
         self.header, self.sync = read_header(stream)
-        # Set when decoding stopped early: fastavro's exception, and how many records came before it.
+        # fastavro's exception, where decoding stopped early.
         self.error: BaseException | None = None
-        self.yielded = 0
         # Runs polars could not read, and were read by fastavro instead (for tests and the curious).
         self.runs_by_fastavro = 0
 
@@ -228,7 +234,6 @@ class BlockDecoder:
                 parts.append(head[:needed])
                 pending[0] = head[needed:]
                 needed = 0
-        self.yielded += count
         if all(isinstance(part, list) for part in parts):
             return [record for part in parts for record in part]
         if any(isinstance(part, list) for part in parts):

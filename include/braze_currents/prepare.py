@@ -391,7 +391,8 @@ class _FileReader:
                 identities.append(user_id)
                 anonymous.append(False)
             else:  # only with anonymous: no external id, a Braze user id
-                braze_ids = braze_ids or records.column("user_id")
+                if braze_ids is None:
+                    braze_ids = records.column("user_id")
                 identities.append(str(braze_ids[row]).strip())
                 anonymous.append(True)
         return builder.serialise(records.frame, send, identities, anonymous)
@@ -642,7 +643,11 @@ def prepare_window(
         _prepare_in_workers(objects, fetch, reader, min(workers, len(objects)), fresh, merge_file)
     writer.close()
     if result.decoded_by:
-        log.info("Decoded %s", ", ".join(f"{n} files with {name}" for name, n in result.decoded_by.items()))
+        log.info(
+            "Decoded %s files with polars and %s with fastavro",
+            result.decoded_by["polars"],
+            result.decoded_by["fastavro"],
+        )
     return result
 
 

@@ -135,10 +135,11 @@ class RecordBatches:
     fastavro; the records, and where a file cut short stops, are the same either way.
 
     .. note::
-        Inside a damaged data block the two can part: a union branch number out of range, an ``int``
-        over 32 bits or a boolean byte other than 0 and 1 stops fastavro (or, for the last two, is
-        read differently), while polars reads on. Files cut short, wrong sync markers and bytes after
-        the last block are read exactly as fastavro reads them.
+        Inside a damaged data block the two can part: a union branch number out of range stops
+        fastavro, where polars reads the non-null branch; an ``int`` encoded over 32 bits is a large
+        number to fastavro and its low 32 bits to polars; a boolean byte other than 0 or 1 is true to
+        fastavro and false to polars. Files cut short, wrong sync markers and bytes after the last
+        block are read exactly as fastavro reads them.
 
     :param data: the whole object, or a seekable binary file holding it (read as decoding goes, so
         only a few blocks of it are in memory at a time).

@@ -230,6 +230,35 @@ def _hostile_window() -> tuple[list[ListedObject], dict[str, bytes], str]:
     return objects, data, sent
 
 
+def _prepared_both_ways(
+    objects: list[ListedObject],
+    data: dict[str, bytes],
+    mapping: Any,
+    settings: PrepareSettings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    seen_ids: set[str] | None = None,
+) -> tuple[Any, Any]:
+    """Prepare the window as it is, then with the columnar builder off; both stage the same bytes."""
+
+    def run(folder: str) -> Any:
+        return prepare_window(
+            objects,
+            data.__getitem__,
+            mapping=mapping,
+            settings=settings,
+            staging=LocalStore(tmp_path / folder),
+            folder="w",
+            seen_ids=seen_ids,
+        )
+
+    at_once = run("at-once")
+    monkeypatch.setattr(columnar.ColumnarBuilder, "serialise", lambda self, *args: None)
+    per_event = run("per-event")
+    assert _staged_digest(tmp_path / "at-once") == _staged_digest(tmp_path / "per-event")
+    return at_once, per_event
+
+
 def _staged_digest(root: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*")):
@@ -256,23 +285,11 @@ def test_prepare_stages_the_same_bytes_with_the_columnar_builder_as_without(anon
         calls.append(result is not None)
         return result
 
-    def run(folder: str) -> Any:
-        return prepare_window(
-            objects,
-            data.__getitem__,
-            mapping=MAPPING,
-            settings=settings,
-            staging=LocalStore(tmp_path / folder),
-            folder="w",
-            seen_ids={"p-" + sent},
-        )
-
     monkeypatch.setattr(columnar.ColumnarBuilder, "serialise", counted)
-    at_once = run("at-once")
-    monkeypatch.setattr(columnar.ColumnarBuilder, "serialise", lambda self, *args: None)
-    per_event = run("per-event")
+    at_once, per_event = _prepared_both_ways(
+        objects, data, MAPPING, settings, tmp_path, monkeypatch, seen_ids={"p-" + sent}
+    )
 
-    assert _staged_digest(tmp_path / "at-once") == _staged_digest(tmp_path / "per-event")
     as_data = [dataclasses.asdict(result) for result in (at_once, per_event)]
     for data_ in as_data:
         for letter in data_["dead_letters"]:
@@ -331,21 +348,8 @@ def test_a_mapping_orjson_cannot_write_is_declined_and_dead_letters_alike(
     settings = PrepareSettings(event_types=frozenset({event_type}), message_id_prefix=prefix)
     listed = [ListedObject(key, len(data[key]), "e", event_type)]
 
-    def run(folder: str) -> Any:
-        return prepare_window(
-            listed,
-            data.__getitem__,
-            mapping=mapping,
-            settings=settings,
-            staging=LocalStore(tmp_path / folder),
-            folder="w",
-        )
+    result, per_event = _prepared_both_ways(listed, data, mapping, settings, tmp_path, monkeypatch)
 
-    result = run("at-once")
-    monkeypatch.setattr(columnar.ColumnarBuilder, "serialise", lambda self, *args: None)
-    per_event = run("per-event")
-
-    assert _staged_digest(tmp_path / "at-once") == _staged_digest(tmp_path / "per-event")
     assert result.dead_lettered == per_event.dead_lettered > 0
     assert result.dead_lettered + result.staged_events == 30
     assert {letter.reason for letter in result.dead_letters} == {"unmappable_event"}
