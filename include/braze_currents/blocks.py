@@ -258,6 +258,8 @@ class BlockDecoder:
                 run = self.header + self.stream.read(end - start)
                 try:
                     frame = pl.read_avro(io.BytesIO(run))
+                    if frame.height != records:  # the blocks declare how many records they hold
+                        raise ValueError(f"polars read {frame.height} of {records} records")
                 except (Exception, PanicException):  # refused, or polars broke on bad bytes:
                     # fastavro reads what it can of the run and says why it stopped.
                     self.runs_by_fastavro += 1

@@ -146,6 +146,21 @@ def test_a_run_polars_cannot_read_is_read_by_fastavro(files, monkeypatch):
     assert batches._blocks is not None and batches._blocks.runs_by_fastavro == 1
 
 
+def test_a_run_polars_reads_short_is_read_by_fastavro(files, monkeypatch):
+    """The blocks declare how many records a run holds; a frame of another height is not trusted."""
+    import polars
+
+    data = files["users.messages.sms.Delivery"]
+    reference = [record for batch in RecordBatches(data, "k", use_polars=False) for record in batch]
+    real = polars.read_avro
+    monkeypatch.setattr(polars, "read_avro", lambda source, **kwargs: real(source, **kwargs).head(-1))
+    batches = RecordBatches(data, "k", batch_size=500)
+    decoded = [record for batch in batches for record in batch]
+
+    assert decoded == reference and batches.error is None
+    assert batches._blocks is not None and batches._blocks.runs_by_fastavro == 4
+
+
 def test_a_damaged_union_branch_is_the_one_place_the_decoders_part(files):
     """fastavro refuses a union branch number outside the union; polars reads the value on (README,
     Limitations). Both agree on every record before it."""
