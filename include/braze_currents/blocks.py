@@ -10,7 +10,7 @@ of fastavro's decode. The records and their order are the same; fastavro stays t
   blocks, byte for byte), and comes back as a polars DataFrame;
 - a block polars must not be given goes to fastavro alone, and the walk goes on after it: one of no
   records (polars stops there) or of more records than its bytes could hold (polars would size its
-  columns by that count);
+  columns by that count); after :data:`MAX_ODD_BLOCKS` of them the rest of the file goes to fastavro;
 - a run polars refuses, a block cut short or followed by a wrong sync marker, and everything after
   it, go to fastavro record by record, so a file cut short yields exactly the records fastavro yields
   and stops where fastavro stops, with fastavro's error. (Damage inside a block that leaves its
@@ -39,6 +39,9 @@ POLARS_CODECS = frozenset({"null", "deflate", "snappy"})
 
 # A block's records polars is given at most: it allocates its columns for the count a block declares.
 MAX_BLOCK_RECORDS = 1_000_000
+# Blocks for fastavro alone, each read with its own copy of the header, before the rest of the file
+# goes to fastavro at once: a file of many such blocks and a large header costs no more than fastavro.
+MAX_ODD_BLOCKS = 16
 _ODD = "a block for fastavro alone"
 _BROKEN = "a broken block"
 
@@ -163,6 +166,7 @@ def read_header(stream: BinaryIO) -> tuple[bytes, bytes]:
 
     The stream is left at the first block. Call it only on a header fastavro has already accepted.
     """
+    size = stream.seek(0, io.SEEK_END)
     stream.seek(0)
     if stream.read(4) != MAGIC:
         raise FramingError("no Avro magic bytes")
@@ -175,7 +179,9 @@ def read_header(stream: BinaryIO) -> tuple[bytes, bytes]:
             _read_long(stream)  # the block's size in bytes, not needed to read it
         for _ in range(2 * count):  # a key and a value per entry, each a length and bytes
             length = _read_long(stream)
-            if length < 0 or len(stream.read(length)) != length:
+            # A length past the end of the data is not read: fastavro, reading longs in 64 bits, may
+            # make sense of a varint with bits above them, and then reads the file whole.
+            if length < 0 or length > size - stream.tell() or len(stream.read(length)) != length:
                 raise FramingError("the header's metadata is cut short")
     sync = stream.read(SYNC_SIZE)
     if len(sync) != SYNC_SIZE:
@@ -207,6 +213,7 @@ class BlockDecoder:
         self.error: BaseException | None = None
         # Runs polars could not read, and were read by fastavro instead (for tests and the curious).
         self.runs_by_fastavro = 0
+        self.odd_blocks = 0
 
     def __iter__(self) -> Iterator[Any]:
         """Yield each batch as a polars DataFrame, or as a list of record dicts where fastavro read any
@@ -268,6 +275,10 @@ class BlockDecoder:
                         return
                 else:
                     yield frame
+            if stop == _ODD:
+                self.odd_blocks += 1
+                if self.odd_blocks > MAX_ODD_BLOCKS:
+                    stop = _BROKEN  # not broken: but fastavro reads the rest faster, block by block
             if stop == _BROKEN:
                 self.stream.seek(end)
                 yield from self._fastavro(self.header + self.stream.read())

@@ -135,11 +135,12 @@ class RecordBatches:
     fastavro; the records, and where a file cut short stops, are the same either way.
 
     .. note::
-        Inside a damaged data block the two can part: a union branch number out of range stops
-        fastavro, where polars reads the non-null branch; an ``int`` encoded over 32 bits is a large
+        Inside a damaged data block the two can part: a union branch number other than 0 or 1 stops
+        fastavro when it is past the union's end and counts from the end when it is negative, where
+        polars reads any number but 0 as the second branch; an ``int`` encoded over 32 bits is a large
         number to fastavro and its low 32 bits to polars; a boolean byte other than 0 or 1 is true to
-        fastavro and false to polars. Files cut short, wrong sync markers and bytes after the last
-        block are read exactly as fastavro reads them.
+        fastavro and false to polars. Files cut short, wrong sync markers and bytes after the last block
+        are read exactly as fastavro reads them.
 
     :param data: the whole object, or a seekable binary file holding it (read as decoding goes, so
         only a few blocks of it are in memory at a time).
@@ -180,7 +181,7 @@ class RecordBatches:
         if use_polars and self.codec in POLARS_CODECS and plain_schema(schema) and polars_usable():
             try:
                 self._blocks = BlockDecoder(stream, batch_size, codec=self.codec, fields=len(names))
-            except FramingError:
+            except (FramingError, OverflowError, ValueError):  # framing it cannot follow: fastavro reads
                 stream.seek(0)
                 reader = fastavro.reader(stream)
             else:

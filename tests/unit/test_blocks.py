@@ -356,3 +356,36 @@ def test_schemas_with_logical_types_or_other_types_are_read_by_fastavro():
 
 
 SCHEMA_R = {"type": "record", "name": "r"}
+
+
+def test_many_blocks_for_fastavro_alone_hand_the_rest_of_the_file_to_fastavro(files):
+    """Each such block is read with a copy of the header: past a few, fastavro reads on from there."""
+    data = files["users.canvas.Entry"]
+    for at in range(8, 0, -1):  # three empty blocks after each of the eight
+        data = _with_blocks(data, *[(0, b"")] * 3, at=at)
+    assert 3 * 8 > blocks.MAX_ODD_BLOCKS
+
+    by_polars, by_fastavro = _both(data)
+    decoder = RecordBatches(data, "k", batch_size=700)._blocks
+    list(decoder)
+
+    assert by_polars == by_fastavro and len(by_polars[1]) == 1800 and by_polars[2] is None
+    assert decoder.odd_blocks == blocks.MAX_ODD_BLOCKS + 1
+
+
+def test_a_header_length_past_64_bits_is_read_as_fastavro_reads_it(files):
+    """fastavro reads varints in 64 bits, so bits above them are dropped; the framing reader does not
+    guess, and hands the file to fastavro."""
+    data = files["users.messages.sms.Delivery"]
+    count_bytes = len(_long(blocks._read_long(io.BytesIO(data[4:]))))
+    at = 4 + count_bytes  # the first metadata key's length
+    length = blocks._read_long(io.BytesIO(data[at:]))
+    number = (length << 1) | (1 << 64)  # the same 64 bits, and one bit above them
+    overlong = bytes(((number >> (7 * i)) & 0x7F) | (0x80 if i < 9 else 0) for i in range(10))
+    damaged = data[:at] + overlong + data[at + len(_long(length)) :]
+
+    by_polars, by_fastavro = _both(damaged)
+
+    assert by_polars == by_fastavro and len(by_polars[1]) == 1800 and by_polars[2] is None
+    with pytest.raises(blocks.FramingError):
+        blocks.read_header(io.BytesIO(damaged))
