@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 from datetime import timedelta
 
 import pytest
@@ -110,6 +111,19 @@ def test_celery_backfill_spreads_chunks_over_both_workers_and_delivers_once(depl
                 label = str(ti["map_index"])
                 by_window[f"{run['logical_date']:%Y-%m-%dT%H}:00Z"][ti["hostname"]].append(label)
     assert any(len(hosts) == len(WORKERS) for hosts in by_window.values()), dict(by_window)
+
+    # Each prepare task forked its workers before loading polars, so they all decoded with it.
+    logs = sorted(
+        (deployment.airflow.home / "logs" / f"dag_id={dag_id}").glob(
+            "run_id=backfill__*/task_id=prepare_chunks/*.log"
+        )
+    )
+    decoded = [
+        re.search(r"Decoded (\d+) files with polars and (\d+) with fastavro", log.read_text()) for log in logs
+    ]
+    assert len(logs) == BACKFILL_HOURS and all(decoded), logs
+    assert [int(found[2]) for found in decoded] == [0] * BACKFILL_HOURS
+    assert sum(int(found[1]) for found in decoded) > 0
 
     state = client.list_objects_v2(Bucket=WORK_BUCKET, Prefix="braze/state/")
     assert state.get("KeyCount", 0) > 0  # the ledger lives on S3, where every worker reads it
