@@ -8,6 +8,7 @@ import shutil
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from braze_currents.generator import dir_put, write_window
 from braze_currents.reader import ListedObject
@@ -47,6 +48,10 @@ class Window:
 
     def fetch(self, key: str) -> bytes:
         return (self.root / key).read_bytes()
+
+    def open(self, key: str) -> BinaryIO:
+        """The object as a stream, as the prepare task gets an S3 response's body."""
+        return (self.root / key).open("rb")
 
 
 def counts_for(size: int) -> dict[str, int]:

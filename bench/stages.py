@@ -121,7 +121,7 @@ def prepare(window: Any, work: Path, endpoint: str) -> Measured:
     def run() -> int:
         result = prepare_window(
             window.objects,
-            window.fetch,
+            window.open,
             mapping=mapping,
             settings=_settings(),
             staging=staging,
@@ -255,7 +255,7 @@ def end_to_end(window: Any, work: Path, endpoint: str) -> Measured:
     def prepare_task() -> dict[str, Any]:
         result = prepare_window(
             window.objects,
-            window.fetch,
+            window.open,
             mapping=mapping,
             settings=_settings(),
             staging=staging,

@@ -132,9 +132,10 @@ class _ChunkWriter:
         self._reset()
 
     def _reset(self) -> None:
-        # Bodies go straight into one buffer (getvalue() hands it over without a copy), so a full chunk
-        # sits in memory once rather than as bodies plus their joined copy.
-        self.data = io.BytesIO()
+        # Bodies go straight to a temporary file, from which the chunk is staged: this process holds a
+        # batch at a time, whatever chunk_events is (50,000 events are some 30 MB).
+        self.data: BinaryIO | None = None
+        self.size = 0
         self.ids = io.BytesIO()
         self.open_ids: list[str] = []  # the ids of the batch the builder holds open
         self.batches = 0
@@ -174,9 +175,12 @@ class _ChunkWriter:
 
     def _write(self, bodies: list[bytes]) -> None:
         sizes = self.builder.closed_sizes
+        if bodies and self.data is None:
+            self.data = tempfile.TemporaryFile()
         for body, size in zip(bodies, sizes, strict=True):
             self.data.write(body)
             self.data.write(b"\n")
+            self.size += len(body) + 1
             self.ids.write(orjson.dumps(self.open_ids[:size]))
             self.ids.write(b"\n")
             del self.open_ids[:size]
@@ -187,15 +191,16 @@ class _ChunkWriter:
         last = self.builder.flush()
         if last:
             self._write([last])
-        if not self.batches:
+        if not self.batches or self.data is None:
             return
         import numpy as np
 
         sequence = len(self.result.chunks)
         chunk_id = f"{sequence:04d}-{self.digest.hexdigest()}"
         name = f"{self.folder}/chunk-{chunk_id}.ndjson"
-        data = self.data.getvalue()
-        self.staging.put(name, data)
+        self.data.seek(0)
+        self.staging.put(name, self.data)
+        self.data.close()
         self.staging.put(f"{self.folder}/chunk-{chunk_id}.message-ids.jsonl", self.ids.getvalue())
         sources = {"files": list(self.files), "events": np.concatenate(self.sources)}
         self.staging.put(
@@ -203,7 +208,7 @@ class _ChunkWriter:
             orjson.dumps(sources, option=orjson.OPT_SERIALIZE_NUMPY),
         )
         self.result.chunks.append(
-            StagedChunk(chunk_id, name, self.events, self.batches, len(data), list(self.types))
+            StagedChunk(chunk_id, name, self.events, self.batches, self.size, list(self.types))
         )
         self.result.staged_events += self.events
         self._reset()
@@ -504,7 +509,7 @@ def _fork_context() -> Any:
 
 def prepare_window(
     objects: Iterable[ListedObject],
-    fetch: Callable[[str], bytes],
+    fetch: Callable[[str], bytes | BinaryIO],
     *,
     mapping: EventMapping,
     settings: PrepareSettings,
@@ -520,7 +525,8 @@ def prepare_window(
     files, counts, batches and stages. The staged chunks are the same as with one process.
 
     :param objects: the listed objects of the window, in a stable order.
-    :param fetch: returns an object's bytes by key.
+    :param fetch: returns an object's bytes by key, or a binary stream of them (such as the body of
+        an S3 response), which is read to its end in pieces and closed.
     :param mapping: the event mapping.
     :param settings: batching and filtering settings.
     :param staging: where chunks are written.
@@ -635,7 +641,7 @@ def prepare_window(
             # Decoded from a temporary file, as a worker does: the object's bytes wait in the page
             # cache rather than in this process while its batches are decoded and mapped.
             with tempfile.TemporaryFile() as handle:
-                handle.write(data)
+                _save(data, handle)
                 del data
                 handle.seek(0)
                 merge_file(listed, reader.read(listed.key, listed.event_type, handle))
@@ -651,9 +657,21 @@ def prepare_window(
     return result
 
 
+def _save(data: bytes | BinaryIO, handle: BinaryIO) -> None:
+    """Write an object to ``handle``: its bytes, or a stream of them copied a mebibyte at a time (so
+    this process never holds the whole object) and then closed."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        handle.write(data)
+        return
+    try:
+        shutil.copyfileobj(data, handle, 1 << 20)
+    finally:
+        data.close()
+
+
 def _prepare_in_workers(
     objects: list[ListedObject],
-    fetch: Callable[[str], bytes],
+    fetch: Callable[[str], bytes | BinaryIO],
     reader: _FileReader,
     workers: int,
     fresh: Callable[[ListedObject], bool],
@@ -692,7 +710,7 @@ def _prepare_in_workers(
                 return True
             source = os.path.join(spool_dir, f"{index:06d}.avro")
             with open(source, "wb") as handle:
-                handle.write(data)
+                _save(data, handle)
             del data
             spool = os.path.join(spool_dir, f"{index:06d}.pieces")
             with _children_allowed():  # the pool starts a worker on a submit, until it has them all

@@ -7,10 +7,11 @@ can use a folder and a multi-worker deployment an S3 bucket that every worker re
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 
 class Store(Protocol):
@@ -18,7 +19,9 @@ class Store(Protocol):
 
     uri: str
 
-    def put(self, name: str, data: bytes) -> str: ...
+    def put(self, name: str, data: bytes | BinaryIO) -> str:
+        """Write an object from bytes or from a binary file read from where it stands to its end."""
+        ...
 
     def put_if_absent(self, name: str, data: bytes) -> bool: ...
 
@@ -46,20 +49,23 @@ class LocalStore:
             raise ValueError(f"object name {name!r} leaves the store {self.uri!r}")
         return path
 
-    def _publish(self, name: str, data: bytes, place: Callable[[str, Path], None]) -> Path:
+    def _publish(self, name: str, data: bytes | BinaryIO, place: Callable[[str, Path], None]) -> Path:
         """Write ``data`` to a temporary file beside the object, then ``place`` it under its name."""
         path = self._path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         try:
             with os.fdopen(handle, "wb") as out:
-                out.write(data)
+                if isinstance(data, bytes | bytearray | memoryview):
+                    out.write(data)
+                else:
+                    shutil.copyfileobj(data, out, 1 << 20)
             place(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)
         return path
 
-    def put(self, name: str, data: bytes) -> str:
+    def put(self, name: str, data: bytes | BinaryIO) -> str:
         return str(self._publish(name, data, os.replace))
 
     def put_if_absent(self, name: str, data: bytes) -> bool:
@@ -109,7 +115,8 @@ class S3Store:
             raise ValueError(f"object name {name!r} leaves the store {self.uri!r}")
         return f"{self.prefix}/{name}" if self.prefix else name
 
-    def put(self, name: str, data: bytes) -> str:
+    def put(self, name: str, data: bytes | BinaryIO) -> str:
+        # A file body is sent in one request, read in pieces (boto3 takes a seekable file as is).
         self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data)
         return f"s3://{self.bucket}/{self._key(name)}"
 

@@ -203,13 +203,15 @@ class PrepareChunksOperator(_CurrentsOperator):
         bucket = self.listing["bucket"]
         client = _s3_client_factory(self.aws_conn_id)()
 
-        def fetch(key: str) -> bytes:
+        def fetch(key: str) -> Any:
             from botocore.exceptions import ClientError
 
             from braze_currents.reader import DecodeError
 
             try:
-                return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+                # The body streams to local disk in pieces (prepare_window reads it): a 100,000-event
+                # object is some 45 MB this process need not hold.
+                return client.get_object(Bucket=bucket, Key=key)["Body"]
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                     # Gone since it was listed: nothing left to send; recorded, not retried forever.

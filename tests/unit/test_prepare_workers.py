@@ -318,3 +318,63 @@ def test_workers_die_with_a_task_killed_mid_window(window, tmp_path):
     while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(pid) for pid in workers), "no worker outlives its task"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_objects_streamed_from_s3_and_chunks_staged_to_s3_are_the_same_bytes(
+    window, in_one_process, workers, tmp_path
+):
+    """The task hands prepare each object's S3 body, a stream, and stages chunks from a temporary file:
+    neither changes a byte, and every body is read to its end and closed."""
+    from braze_currents.localstack import LocalServices
+    from braze_currents.storage import S3Store
+
+    one, staged_by_one = in_one_process
+    with LocalServices(tmp_path / "services", bucket="source") as services:
+        client = services.s3_client()
+        client.create_bucket(Bucket="work")
+        for key, blob in window.data.items():
+            client.put_object(Bucket="source", Key=key, Body=blob)
+        bodies = []
+
+        class Body:
+            """An S3 response body that remembers whether it was read to its end and closed."""
+
+            def __init__(self, key: str) -> None:
+                self.body = client.get_object(Bucket="source", Key=key)["Body"]
+                self.ended = self.closed = False
+
+            def read(self, size: int = -1) -> bytes:
+                data = self.body.read(size)
+                self.ended = self.ended or not data or size < 0
+                return data
+
+            def close(self) -> None:
+                self.body.close()
+                self.closed = True
+
+        def fetch(key: str) -> Any:
+            bodies.append(Body(key))
+            return bodies[-1]
+
+        staging = S3Store(client, "work", "braze/staging")
+        result = prepare_window(
+            window.objects,
+            fetch,
+            mapping=load_mapping(ROOT / "include" / "segment_mapping.yaml"),
+            settings=PrepareSettings(
+                event_types=frozenset({SEND, OPEN}),
+                chunk_events=2_500,
+                filters=check_filters({"campaign_ids": {"deny": [DENIED_CAMPAIGN]}}, "filters"),
+            ),
+            staging=staging,
+            folder="w",
+            seen_ids=window.already_sent,
+            workers=workers,
+        )
+        staged = {name: staging.get(name) for name in staging.list("w")}
+
+    assert staged == staged_by_one
+    assert [chunk.bytes for chunk in result.chunks] == [len(staged[chunk.name]) for chunk in result.chunks]
+    assert _without_times(result) == _without_times(one)
+    assert len(bodies) == len(window.data) and all(body.ended and body.closed for body in bodies)
