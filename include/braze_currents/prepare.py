@@ -536,6 +536,7 @@ def prepare_window(
     :param workers: processes that read files; 1 reads them in this process.
     """
     objects = list(objects)
+    _sweep_spool_folders()
     result = PrepareResult()
     writer = _ChunkWriter(staging, folder, settings, result)
     reader = _FileReader(mapping, settings, seen_ids or set())
@@ -669,6 +670,52 @@ def _save(data: bytes | BinaryIO, handle: BinaryIO) -> None:
         data.close()
 
 
+_SPOOL_PREFIX = "braze-currents-prepare-"
+
+
+def _pid_namespace() -> int:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:  # not Linux: one namespace
+        return 0
+
+
+def _spool_folder() -> str:
+    """A private folder for the window's objects and pieces, named after this process."""
+    return tempfile.mkdtemp(prefix=f"{_SPOOL_PREFIX}{_pid_namespace()}-{os.getpid()}-")
+
+
+def _sweep_spool_folders() -> None:
+    """Remove the spool folders of prepare tasks that were killed (their process is gone): they hold
+    Braze events."""
+    namespace, root = _pid_namespace(), tempfile.gettempdir()
+    with contextlib.suppress(OSError), os.scandir(root) as entries:
+        for entry in entries:
+            owner = entry.name.removeprefix(_SPOOL_PREFIX).split("-")
+            if not entry.name.startswith(_SPOOL_PREFIX) or len(owner) < 3:
+                continue
+            if not (owner[0].isdigit() and owner[1].isdigit()):
+                continue
+            # Only a folder of this pid namespace can be told dead by its pid.
+            if (
+                int(owner[0]) == namespace
+                and not _running(int(owner[1]))
+                and entry.is_dir(follow_symlinks=False)
+            ):
+                log.info("Removing %s, left by a prepare task that was killed", entry.path)
+                shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _prepare_in_workers(
     objects: list[ListedObject],
     fetch: Callable[[str], bytes | BinaryIO],
@@ -687,7 +734,7 @@ def _prepare_in_workers(
     from concurrent.futures import Future, ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    spool_dir = tempfile.mkdtemp(prefix="braze-currents-prepare-")
+    spool_dir = _spool_folder()
     ahead: collections.deque[tuple[ListedObject, Future | _FileOutcome | None]] = collections.deque()
     queue = iter(enumerate(objects))
     pool = ProcessPoolExecutor(

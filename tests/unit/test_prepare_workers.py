@@ -276,11 +276,14 @@ def test_workers_start_under_a_daemonic_process_as_celery_runs_tasks(window, in_
     assert _staged(tmp_path / "staging") == in_one_process[1]
 
 
-def test_workers_die_with_a_task_killed_mid_window(window, tmp_path):
+def test_workers_die_with_a_task_killed_mid_window(window, tmp_path, monkeypatch):
     import multiprocessing
     import signal
 
     pids_file = tmp_path / "workers.txt"
+    spools = tmp_path / "tmp"
+    spools.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spools))
     context = multiprocessing.get_context("fork")
 
     def task() -> None:
@@ -318,6 +321,17 @@ def test_workers_die_with_a_task_killed_mid_window(window, tmp_path):
     while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(pid) for pid in workers), "no worker outlives its task"
+
+    # The killed task's spool folder, with the objects it had saved, is left; the next prepare
+    # removes it, and leaves alone a folder of a task still running (this process).
+    (left,) = spools.iterdir()
+    assert any(path.suffix == ".avro" for path in left.iterdir())
+    running = spools / "-".join(
+        ["braze", "currents", "prepare", left.name.split("-")[3], str(os.getpid()), "x"]
+    )
+    running.mkdir()
+    _prepare(window, tmp_path / "staging-after", 1)
+    assert list(spools.iterdir()) == [running]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
