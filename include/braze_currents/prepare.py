@@ -42,7 +42,7 @@ from braze_currents.filtering import (
 from braze_currents.filters import EventFilters
 from braze_currents.mapping import EventMapping, MessageBuilder, integration_context
 from braze_currents.reader import DecodeError, ListedObject, RecordBatches
-from braze_currents.storage import Store
+from braze_currents.storage import PendingObject, Store
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +132,10 @@ class _ChunkWriter:
         self._reset()
 
     def _reset(self) -> None:
-        # Bodies go straight to a temporary file, from which the chunk is staged: this process holds a
-        # batch at a time, whatever chunk_events is (50,000 events are some 30 MB).
-        self.data: BinaryIO | None = None
+        # Bodies go straight to a file in staging (or, for S3, a local file sent when the chunk is
+        # whole): this process holds a batch at a time, whatever chunk_events is (50,000 events are
+        # some 30 MB).
+        self.data: PendingObject | None = None
         self.size = 0
         self.ids = io.BytesIO()
         self.open_ids: list[str] = []  # the ids of the batch the builder holds open
@@ -176,16 +177,21 @@ class _ChunkWriter:
     def _write(self, bodies: list[bytes]) -> None:
         sizes = self.builder.closed_sizes
         if bodies and self.data is None:
-            self.data = tempfile.TemporaryFile()
+            self.data = self.staging.pending(self.folder)
         for body, size in zip(bodies, sizes, strict=True):
-            self.data.write(body)
-            self.data.write(b"\n")
+            self.data.file.write(body)
+            self.data.file.write(b"\n")
             self.size += len(body) + 1
             self.ids.write(orjson.dumps(self.open_ids[:size]))
             self.ids.write(b"\n")
             del self.open_ids[:size]
         sizes.clear()
         self.batches += len(bodies)
+
+    def discard(self) -> None:
+        if self.data is not None:
+            self.data.discard()
+            self.data = None
 
     def close(self) -> None:
         last = self.builder.flush()
@@ -198,9 +204,8 @@ class _ChunkWriter:
         sequence = len(self.result.chunks)
         chunk_id = f"{sequence:04d}-{self.digest.hexdigest()}"
         name = f"{self.folder}/chunk-{chunk_id}.ndjson"
-        self.data.seek(0)
-        self.staging.put(name, self.data)
-        self.data.close()
+        self.data.publish(name)
+        self.data = None
         self.staging.put(f"{self.folder}/chunk-{chunk_id}.message-ids.jsonl", self.ids.getvalue())
         sources = {"files": list(self.files), "events": np.concatenate(self.sources)}
         self.staging.put(
@@ -629,26 +634,30 @@ def prepare_window(
         keys.add(listed.key)
         return True
 
-    if workers <= 1 or len(objects) < 2:
-        for listed in objects:
-            if not fresh(listed):
-                merge_file(listed, None)
-                continue
-            try:
-                data = fetch(listed.key)
-            except DecodeError as exc:  # fetch found the object gone
-                merge_file(listed, _FileOutcome(pieces=(), failed=str(exc)))
-                continue
-            # Decoded from a temporary file, as a worker does: the object's bytes wait in the page
-            # cache rather than in this process while its batches are decoded and mapped.
-            with tempfile.TemporaryFile() as handle:
-                _save(data, handle)
-                del data
-                handle.seek(0)
-                merge_file(listed, reader.read(listed.key, listed.event_type, handle))
-    else:
-        _prepare_in_workers(objects, fetch, reader, min(workers, len(objects)), fresh, merge_file)
-    writer.close()
+    try:
+        if workers <= 1 or len(objects) < 2:
+            for listed in objects:
+                if not fresh(listed):
+                    merge_file(listed, None)
+                    continue
+                try:
+                    data = fetch(listed.key)
+                except DecodeError as exc:  # fetch found the object gone
+                    merge_file(listed, _FileOutcome(pieces=(), failed=str(exc)))
+                    continue
+                # Decoded from a temporary file, as a worker does: the object's bytes wait in the page
+                # cache rather than in this process while its batches are decoded and mapped.
+                with tempfile.TemporaryFile() as handle:
+                    _save(data, handle)
+                    del data
+                    handle.seek(0)
+                    merge_file(listed, reader.read(listed.key, listed.event_type, handle))
+        else:
+            _prepare_in_workers(objects, fetch, reader, min(workers, len(objects)), fresh, merge_file)
+        writer.close()
+    except BaseException:
+        writer.discard()  # the chunk it was writing: the task fails, and its retry starts again
+        raise
     if result.decoded_by:
         log.info(
             "Decoded %s files with polars and %s with fastavro",

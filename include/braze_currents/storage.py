@@ -14,6 +14,20 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 
+class PendingObject(Protocol):
+    """An object being written whose name is known only once it is whole (see :meth:`Store.pending`)."""
+
+    file: BinaryIO
+
+    def publish(self, name: str) -> str:
+        """Put the written bytes under ``name``; return where they are."""
+        ...
+
+    def discard(self) -> None:
+        """Drop what was written (a no-op once published)."""
+        ...
+
+
 class Store(Protocol):
     """A place that holds objects by relative name."""
 
@@ -24,6 +38,10 @@ class Store(Protocol):
         ...
 
     def put_if_absent(self, name: str, data: bytes) -> bool: ...
+
+    def pending(self, folder: str) -> PendingObject:
+        """A file to write an object to, to be published under a name in ``folder`` when it is whole."""
+        ...
 
     def get(self, name: str) -> bytes: ...
 
@@ -76,6 +94,14 @@ class LocalStore:
             return False
         return True
 
+    def pending(self, folder: str) -> PendingObject:
+        """A hidden temporary file in ``folder`` (listings skip it), renamed when published: the
+        object's bytes are written once."""
+        directory = self._path(folder)
+        directory.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=directory, prefix=".pending-")
+        return _LocalPending(self, os.fdopen(handle, "wb"), Path(tmp))
+
     def get(self, name: str) -> bytes:
         return self._path(name).read_bytes()
 
@@ -99,6 +125,36 @@ class LocalStore:
 
     def child(self, name: str) -> LocalStore:
         return LocalStore(self._path(name))
+
+
+class _LocalPending:
+    def __init__(self, store: LocalStore, file: BinaryIO, tmp: Path) -> None:
+        self.store, self.file, self.tmp = store, file, tmp
+
+    def publish(self, name: str) -> str:
+        path = self.store._path(name)
+        self.file.close()
+        os.replace(self.tmp, path)
+        return str(path)
+
+    def discard(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class _S3Pending:
+    def __init__(self, store: S3Store) -> None:
+        self.store, self.file = store, tempfile.TemporaryFile()
+
+    def publish(self, name: str) -> str:
+        self.file.seek(0)
+        try:
+            return self.store.put(name, self.file)
+        finally:
+            self.file.close()
+
+    def discard(self) -> None:
+        self.file.close()
 
 
 class S3Store:
@@ -134,6 +190,10 @@ class S3Store:
                 return False
             raise
         return True
+
+    def pending(self, folder: str) -> PendingObject:
+        """A local temporary file, sent as the object's body when published."""
+        return _S3Pending(self)
 
     def get(self, name: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"].read()

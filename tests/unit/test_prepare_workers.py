@@ -392,3 +392,29 @@ def test_objects_streamed_from_s3_and_chunks_staged_to_s3_are_the_same_bytes(
     assert [chunk.bytes for chunk in result.chunks] == [len(staged[chunk.name]) for chunk in result.chunks]
     assert _without_times(result) == _without_times(one)
     assert len(bodies) == len(window.data) and all(body.ended and body.closed for body in bodies)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_prepare_that_fails_mid_chunk_leaves_no_partial_chunk(window, workers, tmp_path):
+    """The chunk being written when prepare fails is dropped; the chunks before it stay, as before."""
+    fetched = []
+
+    def fetch(key: str) -> bytes:
+        fetched.append(key)
+        if len(fetched) == 6:
+            raise ConnectionError("the network went away")
+        return window.data[key]
+
+    with pytest.raises(ConnectionError):
+        prepare_window(
+            window.objects,
+            fetch,
+            mapping=load_mapping(ROOT / "include" / "segment_mapping.yaml"),
+            settings=PrepareSettings(event_types=frozenset({SEND, OPEN}), chunk_events=4_000),
+            staging=LocalStore(tmp_path / "staging"),
+            folder="w",
+            workers=workers,
+        )
+
+    names = sorted(path.name for path in (tmp_path / "staging" / "w").iterdir())
+    assert names and all(name.startswith("chunk-") for name in names), names
