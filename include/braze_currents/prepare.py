@@ -41,6 +41,7 @@ from braze_currents.filtering import (
 )
 from braze_currents.filters import EventFilters
 from braze_currents.mapping import EventMapping, MessageBuilder, integration_context
+from braze_currents.processes import left_by_dead_process, owner_tag
 from braze_currents.reader import DecodeError, ListedObject, RecordBatches
 from braze_currents.storage import PendingObject, Store
 
@@ -682,47 +683,19 @@ def _save(data: bytes | BinaryIO, handle: BinaryIO) -> None:
 _SPOOL_PREFIX = "braze-currents-prepare-"
 
 
-def _pid_namespace() -> int:
-    try:
-        return os.stat("/proc/self/ns/pid").st_ino
-    except OSError:  # not Linux: one namespace
-        return 0
-
-
 def _spool_folder() -> str:
     """A private folder for the window's objects and pieces, named after this process."""
-    return tempfile.mkdtemp(prefix=f"{_SPOOL_PREFIX}{_pid_namespace()}-{os.getpid()}-")
+    return tempfile.mkdtemp(prefix=f"{_SPOOL_PREFIX}{owner_tag()}-")
 
 
 def _sweep_spool_folders() -> None:
     """Remove the spool folders of prepare tasks that were killed (their process is gone): they hold
     Braze events."""
-    namespace, root = _pid_namespace(), tempfile.gettempdir()
-    with contextlib.suppress(OSError), os.scandir(root) as entries:
+    with contextlib.suppress(OSError), os.scandir(tempfile.gettempdir()) as entries:
         for entry in entries:
-            owner = entry.name.removeprefix(_SPOOL_PREFIX).split("-")
-            if not entry.name.startswith(_SPOOL_PREFIX) or len(owner) < 3:
-                continue
-            if not (owner[0].isdigit() and owner[1].isdigit()):
-                continue
-            # Only a folder of this pid namespace can be told dead by its pid.
-            if (
-                int(owner[0]) == namespace
-                and not _running(int(owner[1]))
-                and entry.is_dir(follow_symlinks=False)
-            ):
+            if left_by_dead_process(entry.name, _SPOOL_PREFIX) and entry.is_dir(follow_symlinks=False):
                 log.info("Removing %s, left by a prepare task that was killed", entry.path)
                 shutil.rmtree(entry.path, ignore_errors=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _prepare_in_workers(

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from braze_currents.processes import left_by_dead_process, owner_tag
+
 
 class PendingObject(Protocol):
     """An object being written whose name is known only once it is whole (see :meth:`Store.pending`)."""
@@ -96,10 +98,13 @@ class LocalStore:
 
     def pending(self, folder: str) -> PendingObject:
         """A hidden temporary file in ``folder`` (listings skip it), renamed when published: the
-        object's bytes are written once."""
+        object's bytes are written once. Such files left by a killed process are removed first."""
         directory = self._path(folder)
         directory.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=directory, prefix=".pending-")
+        for path in directory.glob(f"{_PENDING}*"):
+            if left_by_dead_process(path.name, _PENDING):
+                path.unlink(missing_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=directory, prefix=f"{_PENDING}{owner_tag()}-")
         return _LocalPending(self, os.fdopen(handle, "wb"), Path(tmp))
 
     def get(self, name: str) -> bytes:
@@ -125,6 +130,9 @@ class LocalStore:
 
     def child(self, name: str) -> LocalStore:
         return LocalStore(self._path(name))
+
+
+_PENDING = ".pending-"
 
 
 class _LocalPending:

@@ -59,3 +59,26 @@ def test_puts_and_pending_objects_reach_s3_whole(tmp_path):
         assert store.get("w/ids.jsonl") == b'["m1"]\n'
         assert sorted(store.list("w")) == ["w/chunk-1.ndjson", "w/ids.jsonl"]
         assert discarded.file.closed
+
+
+def test_pending_files_of_a_killed_process_are_removed_by_the_next_writer(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from braze_currents.processes import pid_namespace
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    folder = tmp_path / "staging" / "w"
+    folder.mkdir(parents=True)
+    left = folder / f".pending-{pid_namespace()}-{gone.pid}-abc"
+    running = folder / f".pending-{pid_namespace()}-{os.getpid()}-def"
+    elsewhere = folder / f".pending-{pid_namespace() + 1}-{gone.pid}-ghi"  # another pid namespace
+    for path in (left, running, elsewhere):
+        path.write_bytes(b"events")
+
+    pending = LocalStore(tmp_path / "staging").pending("w")
+
+    assert not left.exists() and running.exists() and elsewhere.exists()
+    pending.discard()
