@@ -53,3 +53,5 @@ def test_a_hostile_window_delivers_exactly_the_expected_message_ids(
     assert not list((tmp_path / "staging").rglob("chunk-*.ndjson")), (
         "staged chunks are deleted once acknowledged"
     )
+    assert not list((tmp_path / "staging").rglob(".*")), "no hidden file is left in staging"
+    assert not [path for path in (tmp_path / "staging").rglob("*") if path.is_file()], "nor any other"
