@@ -41,7 +41,6 @@ from braze_currents.filtering import (
 )
 from braze_currents.filters import EventFilters
 from braze_currents.mapping import EventMapping, MessageBuilder, integration_context
-from braze_currents.processes import left_by_dead_process, owner_tag
 from braze_currents.reader import DecodeError, ListedObject, RecordBatches
 from braze_currents.storage import PendingObject, Store
 
@@ -681,21 +680,47 @@ def _save(data: bytes | BinaryIO, handle: BinaryIO) -> None:
 
 
 _SPOOL_PREFIX = "braze-currents-prepare-"
+# A spool folder unlocked for this long belongs to no running prepare: its owner locks it at once.
+_SPOOL_GRACE_SECONDS = 60.0
 
 
-def _spool_folder() -> str:
-    """A private folder for the window's objects and pieces, named after this process."""
-    return tempfile.mkdtemp(prefix=f"{_SPOOL_PREFIX}{owner_tag()}-")
+def _spool_folder() -> tuple[str, int]:
+    """A private folder for the window's objects and pieces, and a descriptor holding a lock on it for
+    as long as this process (or a worker it forked) lives: a later prepare removes it only once no
+    process holds that lock, whatever pid namespace or container the owner ran in."""
+    import fcntl
+
+    path = tempfile.mkdtemp(prefix=_SPOOL_PREFIX)
+    lock = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return path, lock
 
 
 def _sweep_spool_folders() -> None:
-    """Remove the spool folders of prepare tasks that were killed (their process is gone): they hold
-    Braze events."""
+    """Remove the spool folders of prepare tasks that were killed, which hold Braze events: folders of
+    this user whose lock no process holds."""
     with contextlib.suppress(OSError), os.scandir(tempfile.gettempdir()) as entries:
         for entry in entries:
-            if left_by_dead_process(entry.name, _SPOOL_PREFIX) and entry.is_dir(follow_symlinks=False):
-                log.info("Removing %s, left by a prepare task that was killed", entry.path)
-                shutil.rmtree(entry.path, ignore_errors=True)
+            if entry.name.startswith(_SPOOL_PREFIX):
+                with contextlib.suppress(OSError):
+                    _remove_if_abandoned(entry)
+
+
+def _remove_if_abandoned(entry: os.DirEntry) -> None:
+    import fcntl
+    import time
+
+    if not entry.is_dir(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_uid != os.getuid():
+        return
+    lock = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError while its owner lives
+        if time.time() - os.fstat(lock).st_ctime < _SPOOL_GRACE_SECONDS:
+            return  # just made: its owner is about to lock it
+        log.info("Removing %s, left by a prepare task that was killed", entry.path)
+        shutil.rmtree(entry.path, ignore_errors=True)
+    finally:
+        os.close(lock)
 
 
 def _prepare_in_workers(
@@ -716,7 +741,7 @@ def _prepare_in_workers(
     from concurrent.futures import Future, ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    spool_dir = _spool_folder()
+    spool_dir, spool_lock = _spool_folder()
     ahead: collections.deque[tuple[ListedObject, Future | _FileOutcome | None]] = collections.deque()
     queue = iter(enumerate(objects))
     pool = ProcessPoolExecutor(
@@ -774,3 +799,4 @@ def _prepare_in_workers(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(spool_dir, ignore_errors=True)
+        os.close(spool_lock)

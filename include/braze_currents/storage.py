@@ -6,14 +6,13 @@ can use a folder and a multi-worker deployment an S3 bucket that every worker re
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
-
-from braze_currents.processes import left_by_dead_process, owner_tag
 
 
 class PendingObject(Protocol):
@@ -97,15 +96,10 @@ class LocalStore:
         return True
 
     def pending(self, folder: str) -> PendingObject:
-        """A hidden temporary file in ``folder`` (listings skip it), renamed when published: the
-        object's bytes are written once. Such files left by a killed process are removed first."""
+        """An unnamed file in ``folder``, given its name when published (see :class:`_LocalPending`)."""
         directory = self._path(folder)
         directory.mkdir(parents=True, exist_ok=True)
-        for path in directory.glob(f"{_PENDING}*"):
-            if left_by_dead_process(path.name, _PENDING):
-                path.unlink(missing_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=directory, prefix=f"{_PENDING}{owner_tag()}-")
-        return _LocalPending(self, os.fdopen(handle, "wb"), Path(tmp))
+        return _LocalPending(self, directory)
 
     def get(self, name: str) -> bytes:
         return self._path(name).read_bytes()
@@ -132,22 +126,56 @@ class LocalStore:
         return LocalStore(self._path(name))
 
 
-_PENDING = ".pending-"
-
-
 class _LocalPending:
-    def __init__(self, store: LocalStore, file: BinaryIO, tmp: Path) -> None:
-        self.store, self.file, self.tmp = store, file, tmp
+    """A file with no name in the object's folder (Linux ``O_TMPFILE``), linked under its name when
+    published, so its bytes are written once; where the file system cannot make one, an unnamed
+    temporary file in the same folder, copied when published. Either way nothing is left if the
+    process dies first, and nothing but the published object is ever listed."""
+
+    def __init__(self, store: LocalStore, directory: Path) -> None:
+        self.store, self.directory = store, directory
+        try:
+            self.file: BinaryIO = os.fdopen(os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600), "w+b")
+            self.linkable = True
+        except (AttributeError, OSError):  # no O_TMPFILE here, or not on this file system
+            self.file = tempfile.TemporaryFile(dir=directory)
+            self.linkable = False
 
     def publish(self, name: str) -> str:
         path = self.store._path(name)
-        self.file.close()
-        os.replace(self.tmp, path)
+        try:
+            self.file.flush()
+            if not (self.linkable and self._link(path)):
+                self.file.seek(0)
+                self.store._publish(name, self.file, os.replace)
+        finally:
+            self.discard()
         return str(path)
 
+    def _link(self, path: Path) -> bool:
+        """Give the unnamed file a hidden name beside ``path``, then move it there; False if the
+        system will not link it (no /proc, say)."""
+        tmp = f".{path.name}.{os.getpid()}-{id(self):x}"
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            # A directory descriptor makes os.link use linkat, which follows /proc's link to the file.
+            os.link(f"/proc/self/fd/{self.file.fileno()}", tmp, dst_dir_fd=folder, follow_symlinks=True)
+        except OSError:
+            return False
+        else:
+            try:
+                os.replace(tmp, path.name, src_dir_fd=folder, dst_dir_fd=folder)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=folder)
+        finally:
+            os.close(folder)
+        return True
+
     def discard(self) -> None:
-        self.file.close()
-        self.tmp.unlink(missing_ok=True)
+        # Closing the unnamed file frees it; an error writing its last bytes does not matter then.
+        with contextlib.suppress(OSError):
+            self.file.close()
 
 
 class _S3Pending:

@@ -322,16 +322,26 @@ def test_workers_die_with_a_task_killed_mid_window(window, tmp_path, monkeypatch
         time.sleep(0.05)
     assert not any(_alive(pid) for pid in workers), "no worker outlives its task"
 
-    # The killed task's spool folder, with the objects it had saved, is left; the next prepare
-    # removes it, and leaves alone a folder of a task still running (this process).
+    # The killed task's spool folder, with the objects it had saved, is left, unlocked; the next
+    # prepare removes it. A folder whose lock a live task holds, and things that only look like
+    # spool folders (a file, a link to a folder), stay.
     (left,) = spools.iterdir()
     assert any(path.suffix == ".avro" for path in left.iterdir())
-    running = spools / "-".join(
-        ["braze", "currents", "prepare", left.name.split("-")[3], str(os.getpid()), "x"]
-    )
-    running.mkdir()
-    _prepare(window, tmp_path / "staging-after", 1)
-    assert list(spools.iterdir()) == [running]
+    live, live_lock = prepare_module._spool_folder()
+    lookalike = spools / "braze-currents-prepare-file"
+    lookalike.write_bytes(b"not a folder")
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "keep").write_bytes(b"x")
+    (spools / "braze-currents-prepare-link").symlink_to(target)
+    monkeypatch.setattr(prepare_module, "_SPOOL_GRACE_SECONDS", 0.0)
+    try:
+        _prepare(window, tmp_path / "staging-after", 1)
+    finally:
+        os.close(live_lock)
+    names = sorted(path.name for path in spools.iterdir())
+    assert names == sorted([Path(live).name, lookalike.name, "braze-currents-prepare-link"])
+    assert (target / "keep").exists()
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -1,8 +1,10 @@
-"""Objects written whole before their name is known: a local file renamed in place, or an S3 PUT."""
+"""Objects written whole before their name is known: an unnamed local file linked in place, or an S3
+PUT."""
 
 from __future__ import annotations
 
 import io
+import os
 
 import pytest
 
@@ -17,23 +19,58 @@ def _write(store, folder: str, parts: list[bytes]):
     return pending
 
 
-def test_a_local_pending_object_is_hidden_until_published_and_written_once(tmp_path):
+@pytest.mark.parametrize("unnamed", [True, False], ids=["O_TMPFILE", "temporary file"])
+def test_a_local_pending_object_has_no_name_until_published(tmp_path, monkeypatch, unnamed):
+    if not unnamed:  # a file system without O_TMPFILE: the bytes are copied when published
+        import errno
+        import tempfile
+
+        real_open = os.open
+
+        def no_tmpfile(path, flags, *args, **kwargs):
+            if flags & os.O_TMPFILE == os.O_TMPFILE:
+                raise OSError(errno.EOPNOTSUPP, "not on this file system")
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", no_tmpfile)
+        monkeypatch.setattr(tempfile, "_O_TMPFILE_WORKS", False)
     store = LocalStore(tmp_path / "staging")
+    store.put("w/chunk-1.ndjson", b"from an earlier try")
     pending = _write(store, "w", [b"a" * 100_000, b"b\n"])
 
-    assert list(store.list("w")) == []  # half written: no listing shows it
-    (hidden,) = (tmp_path / "staging" / "w").iterdir()
+    assert pending.linkable is unnamed
+    assert [path.name for path in (tmp_path / "staging" / "w").iterdir()] == ["chunk-1.ndjson"]
     where = pending.publish("w/chunk-1.ndjson")
 
     assert where == str(tmp_path / "staging" / "w" / "chunk-1.ndjson")
     assert store.get("w/chunk-1.ndjson") == b"a" * 100_000 + b"b\n"
-    assert not hidden.exists() and list(store.list("w")) == ["w/chunk-1.ndjson"]
+    assert [path.name for path in (tmp_path / "staging" / "w").iterdir()] == ["chunk-1.ndjson"]
+    assert pending.file.closed
 
 
 def test_a_discarded_local_pending_object_leaves_nothing(tmp_path):
     store = LocalStore(tmp_path / "staging")
     _write(store, "w", [b"x"]).discard()
 
+    assert list((tmp_path / "staging" / "w").iterdir()) == []
+
+
+def test_a_process_killed_while_writing_a_pending_object_leaves_nothing(tmp_path):
+    import multiprocessing
+    import signal
+
+    store = LocalStore(tmp_path / "staging")
+
+    def writer() -> None:
+        pending = _write(store, "w", [b"emails and phone numbers" * 10_000])
+        pending.file.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    process = multiprocessing.get_context("fork").Process(target=writer)
+    process.start()
+    process.join(timeout=60)
+
+    assert process.exitcode == -signal.SIGKILL
     assert list((tmp_path / "staging" / "w").iterdir()) == []
 
 
@@ -59,26 +96,3 @@ def test_puts_and_pending_objects_reach_s3_whole(tmp_path):
         assert store.get("w/ids.jsonl") == b'["m1"]\n'
         assert sorted(store.list("w")) == ["w/chunk-1.ndjson", "w/ids.jsonl"]
         assert discarded.file.closed
-
-
-def test_pending_files_of_a_killed_process_are_removed_by_the_next_writer(tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    from braze_currents.processes import pid_namespace
-
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    folder = tmp_path / "staging" / "w"
-    folder.mkdir(parents=True)
-    left = folder / f".pending-{pid_namespace()}-{gone.pid}-abc"
-    running = folder / f".pending-{pid_namespace()}-{os.getpid()}-def"
-    elsewhere = folder / f".pending-{pid_namespace() + 1}-{gone.pid}-ghi"  # another pid namespace
-    for path in (left, running, elsewhere):
-        path.write_bytes(b"events")
-
-    pending = LocalStore(tmp_path / "staging").pending("w")
-
-    assert not left.exists() and running.exists() and elsewhere.exists()
-    pending.discard()
