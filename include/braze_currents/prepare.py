@@ -42,7 +42,7 @@ from braze_currents.filtering import (
 from braze_currents.filters import EventFilters
 from braze_currents.mapping import EventMapping, MessageBuilder, integration_context
 from braze_currents.reader import DecodeError, ListedObject, RecordBatches
-from braze_currents.storage import PendingObject, Store
+from braze_currents.storage import PendingObject, Store, write_all
 
 log = logging.getLogger(__name__)
 
@@ -668,15 +668,13 @@ def prepare_window(
 
 
 def _save(data: bytes | BinaryIO, handle: BinaryIO) -> None:
-    """Write an object to ``handle``: its bytes, or a stream of them copied a mebibyte at a time (so
-    this process never holds the whole object) and then closed."""
-    if isinstance(data, bytes | bytearray | memoryview):
-        handle.write(data)
-        return
+    """Write an object to ``handle`` (see :func:`braze_currents.storage.write_all`); a stream is then
+    closed."""
     try:
-        shutil.copyfileobj(data, handle, 1 << 20)
+        write_all(data, handle)
     finally:
-        data.close()
+        if not isinstance(data, bytes | bytearray | memoryview):
+            data.close()
 
 
 _SPOOL_PREFIX = "braze-currents-prepare-"

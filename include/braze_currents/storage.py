@@ -15,6 +15,15 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 
+def write_all(data: bytes | BinaryIO, out: BinaryIO) -> None:
+    """Write bytes, or a binary stream read from where it stands to its end a mebibyte at a time (so
+    an object is never held whole)."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        out.write(data)
+    else:
+        shutil.copyfileobj(data, out, 1 << 20)
+
+
 class PendingObject(Protocol):
     """An object being written whose name is known only once it is whole (see :meth:`Store.pending`)."""
 
@@ -75,10 +84,7 @@ class LocalStore:
         handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         try:
             with os.fdopen(handle, "wb") as out:
-                if isinstance(data, bytes | bytearray | memoryview):
-                    out.write(data)
-                else:
-                    shutil.copyfileobj(data, out, 1 << 20)
+                write_all(data, out)
             place(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)
