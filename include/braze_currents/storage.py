@@ -139,7 +139,7 @@ class _LocalPending:
     process dies first, and nothing but the published object is ever listed."""
 
     def __init__(self, store: LocalStore, directory: Path) -> None:
-        self.store, self.directory = store, directory
+        self.store = store
         try:
             self.file: BinaryIO = os.fdopen(os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600), "w+b")
             self.linkable = True
@@ -150,6 +150,7 @@ class _LocalPending:
     def publish(self, name: str) -> str:
         path = self.store._path(name)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             self.file.flush()
             if not (self.linkable and self._link(path)):
                 self.file.seek(0)
