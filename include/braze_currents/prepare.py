@@ -428,12 +428,12 @@ class _FileReader:
 _WORKER_READER: _FileReader | None = None
 
 
-def _start_worker(reader: _FileReader) -> None:
+def _start_worker(reader: _FileReader, parent: int) -> None:
     import signal
 
     global _WORKER_READER
     _WORKER_READER = reader
-    _die_with_parent()
+    _die_with_parent(parent)
     # The parent logs what a worker finds; two processes writing one task log could mix lines.
     logging.getLogger("braze_currents").setLevel(logging.CRITICAL)
     # A forked worker inherits the task's signal handlers (Airflow's among them); a worker told to
@@ -442,9 +442,9 @@ def _start_worker(reader: _FileReader) -> None:
         signal.signal(number, signal.SIG_DFL)
 
 
-def _die_with_parent() -> None:
-    """Have the kernel stop this worker if the task's process dies (SIGKILL leaves no time to stop
-    the pool, and a worker waiting for its next file would wait forever). Linux only."""
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel stop this worker if the task's process (pid ``parent``) dies: SIGKILL leaves no
+    time to stop the pool, and a worker waiting for its next file would wait forever. Linux only."""
     import ctypes
     import signal
 
@@ -453,6 +453,10 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    # The signal comes only for a death after the call: a task that died between the fork and here
+    # (a busy machine can take that long to run a new worker) has already left it an orphan.
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 @contextlib.contextmanager
@@ -743,7 +747,10 @@ def _prepare_in_workers(
     ahead: collections.deque[tuple[ListedObject, Future | _FileOutcome | None]] = collections.deque()
     queue = iter(enumerate(objects))
     pool = ProcessPoolExecutor(
-        max_workers=workers, mp_context=_fork_context(), initializer=_start_worker, initargs=(reader,)
+        max_workers=workers,
+        mp_context=_fork_context(),
+        initializer=_start_worker,
+        initargs=(reader, os.getpid()),
     )
     try:
 

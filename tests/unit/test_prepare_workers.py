@@ -344,6 +344,22 @@ def test_workers_die_with_a_task_killed_mid_window(window, tmp_path, monkeypatch
     assert (target / "keep").exists()
 
 
+def test_a_worker_whose_task_died_before_it_started_stops_at_once():
+    """The kernel's death signal covers only a parent that dies after the worker asks for it; a worker
+    that starts late (a busy machine) and finds another parent must stop by itself."""
+    import multiprocessing
+
+    def late_worker() -> None:
+        prepare_module._die_with_parent(os.getppid() + 1_000_000)  # not its parent: the task is gone
+        os._exit(0)
+
+    process = multiprocessing.get_context("fork").Process(target=late_worker)
+    process.start()
+    process.join(timeout=60)
+
+    assert process.exitcode == 1
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_objects_streamed_from_s3_and_chunks_staged_to_s3_are_the_same_bytes(
     window, in_one_process, workers, tmp_path
