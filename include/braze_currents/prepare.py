@@ -136,7 +136,6 @@ class _ChunkWriter:
         # whole): this process holds a batch at a time, whatever chunk_events is (50,000 events are
         # some 30 MB).
         self.data: PendingObject | None = None
-        self.size = 0
         self.ids = io.BytesIO()
         self.open_ids: list[str] = []  # the ids of the batch the builder holds open
         self.batches = 0
@@ -181,7 +180,6 @@ class _ChunkWriter:
         for body, size in zip(bodies, sizes, strict=True):
             self.data.file.write(body)
             self.data.file.write(b"\n")
-            self.size += len(body) + 1
             self.ids.write(orjson.dumps(self.open_ids[:size]))
             self.ids.write(b"\n")
             del self.open_ids[:size]
@@ -204,6 +202,7 @@ class _ChunkWriter:
         sequence = len(self.result.chunks)
         chunk_id = f"{sequence:04d}-{self.digest.hexdigest()}"
         name = f"{self.folder}/chunk-{chunk_id}.ndjson"
+        size = self.data.file.tell()  # the chunk is written front to back
         self.data.publish(name)
         self.data = None
         self.staging.put(f"{self.folder}/chunk-{chunk_id}.message-ids.jsonl", self.ids.getvalue())
@@ -213,7 +212,7 @@ class _ChunkWriter:
             orjson.dumps(sources, option=orjson.OPT_SERIALIZE_NUMPY),
         )
         self.result.chunks.append(
-            StagedChunk(chunk_id, name, self.events, self.batches, self.size, list(self.types))
+            StagedChunk(chunk_id, name, self.events, self.batches, size, list(self.types))
         )
         self.result.staged_events += self.events
         self._reset()
